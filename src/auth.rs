@@ -1,0 +1,246 @@
+//! API keys: stored hashed (SHA-256) in the journal's `keys` tree, checked in constant time.
+//!
+//! A key is shown once, when created (`fg_` + 32 random bytes, hex). Only its hash and its
+//! metadata (name, scopes, creation time) are stored; nothing here ever logs a key.
+
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeSet;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::{Arc, RwLock};
+use subtle::ConstantTimeEq;
+
+/// What a key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// Read status, frames, registries; watch live frames.
+    Read,
+    /// Create, change and delete devices and vehicles.
+    Write,
+    /// Broadcast messages to every WebSocket client.
+    Publish,
+    /// Send commands to devices.
+    Control,
+    /// Everything, including key management.
+    Admin,
+}
+
+impl Scope {
+    /// All scopes, in order.
+    pub const ALL: [Scope; 5] = [
+        Scope::Read,
+        Scope::Write,
+        Scope::Publish,
+        Scope::Control,
+        Scope::Admin,
+    ];
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        let s = match self {
+            Scope::Read => "read",
+            Scope::Write => "write",
+            Scope::Publish => "publish",
+            Scope::Control => "control",
+            Scope::Admin => "admin",
+        };
+        f.write_str(s)
+    }
+}
+
+impl FromStr for Scope {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Scope::ALL
+            .into_iter()
+            .find(|sc| sc.to_string() == s.trim())
+            .ok_or_else(|| format!("unknown scope {s:?} (read, write, publish, control, admin)"))
+    }
+}
+
+/// Stored metadata of one key (never the key itself).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeyInfo {
+    /// Human name, e.g. the technician or tool using it.
+    pub name: String,
+    /// Granted scopes.
+    pub scopes: BTreeSet<Scope>,
+    /// Creation time, unix ms.
+    pub created_ms: i64,
+    /// First 8 hex chars of the hash: an id for listing and revoking.
+    pub id: String,
+}
+
+impl KeyInfo {
+    /// Whether this key grants `scope` (admin grants everything).
+    pub fn allows(&self, scope: Scope) -> bool {
+        self.scopes.contains(&scope) || self.scopes.contains(&Scope::Admin)
+    }
+}
+
+/// Errors managing keys.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// Storage failed.
+    #[error("key store: {0}")]
+    Store(#[from] sled::Error),
+    /// A stored record is unreadable.
+    #[error("key store record: {0}")]
+    Record(#[from] serde_json::Error),
+    /// No key matches the given id or name.
+    #[error("no key named or with id {0:?}")]
+    NotFound(String),
+}
+
+fn hash(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A fresh random key: `fg_` + 64 hex chars.
+pub fn generate_key() -> String {
+    let mut raw = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut raw);
+    format!("fg_{}", hex(&raw))
+}
+
+/// The key store: persistent keys in sled plus ephemeral ones (e.g. demo's printed key).
+#[derive(Clone)]
+pub struct KeyStore {
+    tree: Option<sled::Tree>,
+    ephemeral: Arc<RwLock<Vec<([u8; 32], KeyInfo)>>>,
+}
+
+impl KeyStore {
+    /// A store over the journal's `keys` tree.
+    pub fn persistent(tree: sled::Tree) -> Self {
+        KeyStore {
+            tree: Some(tree),
+            ephemeral: Arc::default(),
+        }
+    }
+
+    /// Add a key that lives only in memory for this run.
+    pub fn add_ephemeral(&self, key: &str, name: &str, scopes: &[Scope]) {
+        let h = hash(key);
+        let info = KeyInfo {
+            name: name.into(),
+            scopes: scopes.iter().copied().collect(),
+            created_ms: crate::frame::now_ms(),
+            id: hex(&h[..4]),
+        };
+        self.ephemeral
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((h, info));
+    }
+
+    /// Create and store a key; returns the key (shown once) and its info.
+    pub fn add(&self, name: &str, scopes: &[Scope]) -> Result<(String, KeyInfo), AuthError> {
+        let key = generate_key();
+        let h = hash(&key);
+        let info = KeyInfo {
+            name: name.into(),
+            scopes: scopes.iter().copied().collect(),
+            created_ms: crate::frame::now_ms(),
+            id: hex(&h[..4]),
+        };
+        if let Some(tree) = &self.tree {
+            tree.insert(h, serde_json::to_vec(&info)?)?;
+            tree.flush()?;
+        }
+        Ok((key, info))
+    }
+
+    /// Every stored key's info.
+    pub fn list(&self) -> Result<Vec<KeyInfo>, AuthError> {
+        let mut out = Vec::new();
+        if let Some(tree) = &self.tree {
+            for item in tree.iter() {
+                let (_, v) = item?;
+                out.push(serde_json::from_slice(&v)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Remove stored keys whose id or name is `which`; returns how many.
+    pub fn revoke(&self, which: &str) -> Result<usize, AuthError> {
+        let Some(tree) = &self.tree else {
+            return Err(AuthError::NotFound(which.into()));
+        };
+        let mut n = 0;
+        for item in tree.iter() {
+            let (k, v) = item?;
+            let info: KeyInfo = serde_json::from_slice(&v)?;
+            if info.id == which || info.name == which {
+                tree.remove(k)?;
+                n += 1;
+            }
+        }
+        tree.flush()?;
+        if n == 0 {
+            return Err(AuthError::NotFound(which.into()));
+        }
+        Ok(n)
+    }
+
+    /// Look a presented key up; `None` if unknown. Comparison is constant-time.
+    pub fn verify(&self, key: &str) -> Option<KeyInfo> {
+        let h = hash(key);
+        let eph = self.ephemeral.read().unwrap_or_else(|p| p.into_inner());
+        let mut found = None;
+        for (stored, info) in eph.iter() {
+            if bool::from(stored.ct_eq(&h)) {
+                found = Some(info.clone());
+            }
+        }
+        drop(eph);
+        if found.is_some() {
+            return found;
+        }
+        // sled's lookup is by the hash itself, so the key never meets a variable-time compare.
+        let v = self.tree.as_ref()?.get(h).ok()??;
+        serde_json::from_slice(&v).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn add_verify_revoke() {
+        let db = sled::Config::new().temporary(true).open().expect("db");
+        let store = KeyStore::persistent(db.open_tree("keys").expect("tree"));
+        let (key, info) = store.add("tech", &[Scope::Read]).expect("add");
+        assert!(key.starts_with("fg_") && key.len() == 67);
+        let got = store.verify(&key).expect("valid key");
+        assert!(got.allows(Scope::Read) && !got.allows(Scope::Write));
+        assert!(store.verify("fg_wrong").is_none());
+        assert_eq!(store.list().expect("list").len(), 1);
+        assert_eq!(store.revoke(&info.id).expect("revoke"), 1);
+        assert!(store.verify(&key).is_none());
+        assert!(store.revoke("nobody").is_err());
+    }
+
+    #[test]
+    fn ephemeral_and_admin() {
+        let store = KeyStore {
+            tree: None,
+            ephemeral: Arc::default(),
+        };
+        store.add_ephemeral("demo-key", "demo", &[Scope::Admin]);
+        let info = store.verify("demo-key").expect("demo key");
+        assert!(Scope::ALL.iter().all(|s| info.allows(*s)));
+        assert_eq!("control".parse::<Scope>(), Ok(Scope::Control));
+        assert!("root".parse::<Scope>().is_err());
+    }
+}

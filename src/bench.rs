@@ -1,0 +1,210 @@
+//! `fieldgate bench ...`: measurements that print numbers (README quotes them).
+
+use anyhow::Context;
+use clap::Subcommand;
+use fieldgate::frame::Frame;
+use fieldgate::journal::{Journal, JournalConfig};
+use fieldgate::units::{ByteSize, Positive};
+use serde_json::json;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// Benchmarks.
+#[derive(Subcommand)]
+pub enum BenchCmd {
+    /// Durable append throughput and disk bytes written per frame.
+    Journal {
+        /// Frames to append (0 with --report: until killed).
+        #[arg(long, default_value_t = 200_000)]
+        frames: u64,
+        /// Approximate JSON payload size, bytes.
+        #[arg(long, default_value_t = 200)]
+        payload_bytes: usize,
+        /// Journal directory (default: a fresh temporary one).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Group-commit window, ms.
+        #[arg(long, default_value_t = 20)]
+        flush_ms: u64,
+        /// Journal byte cap.
+        #[arg(long, default_value = "4GiB")]
+        max_bytes: String,
+        /// Print `issued N` / `durable N` every --batch frames (the crash test uses this).
+        #[arg(long)]
+        report: bool,
+        /// Frames between durability waits in --report mode.
+        #[arg(long, default_value_t = 200)]
+        batch: u64,
+    },
+}
+
+/// A bench frame: realistic vehicle telemetry (varying numbers, no padding tricks), about
+/// `payload_bytes` of JSON, carrying its own index `n` for integrity checks.
+pub fn bench_frame(n: u64, payload_bytes: usize) -> Frame {
+    let mut x = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut next = move |scale: f64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        (x % 1_000_000) as f64 / 1_000_000.0 * scale
+    };
+    let r = |v: f64, places: i32| (v * 10f64.powi(places)).round() / 10f64.powi(places);
+    let mut payload = json!({"n": n});
+    let fields: [(&str, f64, f64, i32); 14] = [
+        ("lat", 53.5, 0.05, 6),
+        ("lon", 9.9, 0.1, 6),
+        ("alt_m", 5.0, 40.0, 1),
+        ("speed_kmh", 0.0, 90.0, 1),
+        ("course_deg", 0.0, 360.0, 1),
+        ("rpm", 700.0, 3000.0, 0),
+        ("coolant_c", 80.0, 15.0, 1),
+        ("intake_c", 15.0, 20.0, 1),
+        ("maf_gs", 2.0, 30.0, 2),
+        ("throttle_pct", 10.0, 60.0, 1),
+        ("fuel_pct", 20.0, 70.0, 1),
+        ("battery_v", 13.6, 0.8, 2),
+        ("hdop", 0.6, 1.5, 1),
+        ("odometer_km", 120_000.0, 500.0, 1),
+    ];
+    for (name, base, span, places) in fields {
+        if payload.to_string().len() >= payload_bytes {
+            break;
+        }
+        payload[name] = json!(r(base + next(span), places));
+    }
+    let mut i = 0;
+    while payload.to_string().len() + 12 < payload_bytes {
+        payload[format!("aux{i}")] = json!(r(next(1000.0), 3));
+        i += 1;
+    }
+    let mut f = Frame::new("bench", "bench", "dev0", "json", payload);
+    f.vehicle = Some("van-01".into());
+    f
+}
+
+/// Bytes this process has caused to be written to storage (`/proc/self/io` write_bytes).
+fn write_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/io")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("write_bytes: "))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Run a benchmark.
+pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
+    match cmd {
+        BenchCmd::Journal {
+            frames,
+            payload_bytes,
+            data,
+            flush_ms,
+            max_bytes,
+            report,
+            batch,
+        } => {
+            let tmp;
+            let path = match data {
+                Some(p) => p,
+                None => {
+                    tmp = tempdir()?;
+                    tmp.join("journal")
+                }
+            };
+            let cfg = JournalConfig {
+                path: path.clone(),
+                flush_ms: Positive(flush_ms.max(1)),
+                max_bytes: ByteSize(
+                    fieldgate::units::parse_bytes(&max_bytes).context("--max-bytes")?,
+                ),
+                ..JournalConfig::default()
+            };
+            let journal = Journal::open(cfg)?;
+            if report {
+                return report_loop(&journal, frames, payload_bytes, batch.max(1));
+            }
+            let encoded = bench_frame(0, payload_bytes).encode().len() as u64 + 8;
+            // Frames are built before the clock starts: we time the journal, not serde_json.
+            let input: Vec<Frame> = (0..frames).map(|n| bench_frame(n, payload_bytes)).collect();
+            let io0 = write_bytes();
+            let t0 = Instant::now();
+            let mut last = 0;
+            for f in input {
+                last = journal.append(f)?;
+            }
+            let append_s = t0.elapsed().as_secs_f64();
+            journal.wait_durable_blocking(last)?;
+            let total_s = t0.elapsed().as_secs_f64();
+            let written = write_bytes() - io0;
+            let stats = journal.stats();
+            journal.close()?;
+            let per_frame = written as f64 / frames.max(1) as f64;
+            println!(
+                "journal bench: {frames} frames, payload ~{payload_bytes} B, flush_ms {flush_ms}"
+            );
+            println!("  encoded frame (key+value):  {encoded} B");
+            println!(
+                "  append (not yet durable):   {:.0} frames/s",
+                frames as f64 / append_s
+            );
+            println!(
+                "  durable throughput:         {:.0} frames/s ({total_s:.2} s)",
+                frames as f64 / total_s
+            );
+            println!(
+                "  group commits:              {} ({:.0} frames/commit)",
+                stats.flushes,
+                frames as f64 / stats.flushes.max(1) as f64
+            );
+            println!(
+                "  disk write_bytes/frame:     {per_frame:.0} B ({:.2} x encoded)",
+                per_frame / encoded as f64
+            );
+            println!("  sled size on disk:          {} B", stats.disk_bytes);
+            if path.starts_with(std::env::temp_dir()) {
+                let _ = std::fs::remove_dir_all(path.parent().unwrap_or(&path));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Append forever (or `frames`), printing what was issued and what is durable.
+fn report_loop(
+    journal: &Journal,
+    frames: u64,
+    payload_bytes: usize,
+    batch: u64,
+) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    let mut n = 0u64;
+    while frames == 0 || n < frames {
+        let mut last = 0;
+        for _ in 0..batch {
+            last = journal.append(bench_frame(n, payload_bytes))?;
+            n += 1;
+        }
+        writeln!(out, "issued {last}")?;
+        out.flush()?;
+        journal.wait_durable_blocking(last)?;
+        writeln!(out, "durable {last}")?;
+        out.flush()?;
+    }
+    journal.close()?;
+    Ok(())
+}
+
+/// A fresh directory under the system temp dir.
+fn tempdir() -> anyhow::Result<PathBuf> {
+    let p = std::env::temp_dir().join(format!(
+        "fieldgate-bench-{}-{}",
+        std::process::id(),
+        fieldgate::frame::now_ms()
+    ));
+    std::fs::create_dir_all(&p)?;
+    Ok(p)
+}

@@ -1,0 +1,217 @@
+//! The frame: one unit of telemetry, as journaled, relayed and synced.
+//!
+//! This module is the one place that decides a frame's journal encoding and its MongoDB
+//! `_id` (`"<gateway>:<seq>"`), so every replay of a frame lands on the same document.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// One telemetry record (DESIGN.md §2).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Frame {
+    /// Assigned by the journal; strictly increasing per gateway, never reused.
+    pub seq: u64,
+    /// The gateway id from config (`gateway.id`).
+    pub gateway: String,
+    /// Where it came from: `serial:<port>`, `mqtt:<topic>`, `obd:<port>`, `sim`.
+    pub source: String,
+    /// Device id.
+    pub device: String,
+    /// Vehicle id, if known.
+    pub vehicle: Option<String>,
+    /// Frame kind: `gps`, `obd`, `json`, `raw`, ...
+    pub kind: String,
+    /// Gateway receive time, unix ms.
+    pub ts_ms: i64,
+    /// Time reported by the device, unix ms, if any.
+    pub device_ts_ms: Option<i64>,
+    /// Decoded fields; undecodable bytes as `{"raw_b64": "..."}`.
+    pub payload: Value,
+}
+
+/// Errors decoding a journal record.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// The record's version byte is not one this build understands.
+    #[error("unknown frame encoding version {0}")]
+    Version(u8),
+    /// The record is truncated or malformed.
+    #[error("malformed frame record: {0}")]
+    Postcard(#[from] postcard::Error),
+    /// The payload is not valid JSON.
+    #[error("malformed frame payload: {0}")]
+    Payload(#[from] serde_json::Error),
+}
+
+/// Version byte that prefixes every journal record.
+const ENCODING_V1: u8 = 1;
+
+/// Journal record layout: everything but the seq (which is the key), payload as JSON text.
+#[derive(Serialize, Deserialize)]
+struct RecordV1<'a> {
+    gateway: &'a str,
+    source: &'a str,
+    device: &'a str,
+    vehicle: Option<&'a str>,
+    kind: &'a str,
+    ts_ms: i64,
+    device_ts_ms: Option<i64>,
+    payload: &'a str,
+}
+
+/// The journal key for a seq: 8-byte big-endian, so key order is seq order.
+pub fn seq_key(seq: u64) -> [u8; 8] {
+    seq.to_be_bytes()
+}
+
+/// Inverse of [`seq_key`]; `None` for a key of the wrong length.
+pub fn key_seq(key: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(key.try_into().ok()?))
+}
+
+/// Current wall-clock time as unix milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Frame {
+    /// A frame not yet journaled (seq 0 until `Journal::append` assigns one).
+    pub fn new(gateway: &str, source: &str, device: &str, kind: &str, payload: Value) -> Self {
+        Frame {
+            seq: 0,
+            gateway: gateway.to_string(),
+            source: source.to_string(),
+            device: device.to_string(),
+            vehicle: None,
+            kind: kind.to_string(),
+            ts_ms: now_ms(),
+            device_ts_ms: None,
+            payload,
+        }
+    }
+
+    /// The MongoDB `_id` of this frame: `"<gateway>:<seq>"`.
+    pub fn doc_id(&self) -> String {
+        format!("{}:{}", self.gateway, self.seq)
+    }
+
+    /// Compact journal encoding (the seq is not included: it is the key).
+    pub fn encode(&self) -> Vec<u8> {
+        let payload = self.payload.to_string();
+        let rec = RecordV1 {
+            gateway: &self.gateway,
+            source: &self.source,
+            device: &self.device,
+            vehicle: self.vehicle.as_deref(),
+            kind: &self.kind,
+            ts_ms: self.ts_ms,
+            device_ts_ms: self.device_ts_ms,
+            payload: &payload,
+        };
+        let mut out = Vec::with_capacity(payload.len() + 64);
+        out.push(ENCODING_V1);
+        // Serializing plain strings and integers into a Vec cannot fail.
+        match postcard::to_extend(&rec, out) {
+            Ok(v) => v,
+            Err(_) => vec![ENCODING_V1],
+        }
+    }
+
+    /// Decode a journal record stored under `seq`.
+    pub fn decode(seq: u64, bytes: &[u8]) -> Result<Frame, DecodeError> {
+        let (version, body) = bytes.split_first().ok_or(DecodeError::Postcard(
+            postcard::Error::DeserializeUnexpectedEnd,
+        ))?;
+        if *version != ENCODING_V1 {
+            return Err(DecodeError::Version(*version));
+        }
+        let rec: RecordV1 = postcard::from_bytes(body)?;
+        Ok(Frame {
+            seq,
+            gateway: rec.gateway.to_string(),
+            source: rec.source.to_string(),
+            device: rec.device.to_string(),
+            vehicle: rec.vehicle.map(str::to_string),
+            kind: rec.kind.to_string(),
+            ts_ms: rec.ts_ms,
+            device_ts_ms: rec.device_ts_ms,
+            payload: serde_json::from_str(rec.payload)?,
+        })
+    }
+
+    /// The MongoDB document: the frame's fields, `_id`, and `ts` as a BSON DateTime.
+    pub fn to_document(&self) -> bson::Document {
+        let mut doc = bson::Document::new();
+        doc.insert("_id", self.doc_id());
+        doc.insert("seq", self.seq as i64);
+        doc.insert("gateway", &self.gateway);
+        doc.insert("source", &self.source);
+        doc.insert("device", &self.device);
+        if let Some(v) = &self.vehicle {
+            doc.insert("vehicle", v);
+        }
+        doc.insert("kind", &self.kind);
+        doc.insert("ts", bson::DateTime::from_millis(self.ts_ms));
+        if let Some(t) = self.device_ts_ms {
+            doc.insert("device_ts", bson::DateTime::from_millis(t));
+        }
+        let payload = bson::to_bson(&self.payload).unwrap_or(bson::Bson::Null);
+        doc.insert("payload", payload);
+        doc
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn sample() -> Frame {
+        let mut f = Frame::new(
+            "van-07",
+            "sim",
+            "gps0",
+            "gps",
+            json!({"lat": 52.5, "lon": 13.4}),
+        );
+        f.seq = 42;
+        f.vehicle = Some("van-07".into());
+        f.device_ts_ms = Some(1_700_000_000_000);
+        f
+    }
+
+    #[test]
+    fn roundtrip() {
+        let f = sample();
+        let bytes = f.encode();
+        assert_eq!(Frame::decode(42, &bytes).expect("decode"), f);
+    }
+
+    #[test]
+    fn corrupt_records_are_errors() {
+        let bytes = sample().encode();
+        assert!(Frame::decode(1, &[]).is_err());
+        assert!(Frame::decode(1, &[9, 1, 2]).is_err());
+        assert!(Frame::decode(1, &bytes[..bytes.len() / 2]).is_err());
+    }
+
+    #[test]
+    fn document_form() {
+        let doc = sample().to_document();
+        assert_eq!(doc.get_str("_id").expect("_id"), "van-07:42");
+        assert!(doc.get_datetime("ts").is_ok());
+        assert_eq!(doc.get_i64("seq").expect("seq"), 42);
+        let payload = doc.get_document("payload").expect("payload");
+        assert_eq!(payload.get_f64("lat").expect("lat"), 52.5);
+    }
+
+    #[test]
+    fn keys_sort_by_seq() {
+        assert!(seq_key(255) < seq_key(256));
+        assert_eq!(key_seq(&seq_key(77)), Some(77));
+        assert_eq!(key_seq(b"short"), None);
+    }
+}

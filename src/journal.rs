@@ -1,0 +1,459 @@
+//! The durable journal: every frame gets its seq here before anything else happens.
+//!
+//! `append` assigns the seq, queues the encoded frame and hands it to live subscribers at
+//! once. A background flusher thread group-commits: once per `flush_ms` window it writes
+//! the queued frames to sled as compressed chunks (see `chunk`), fsyncs, and publishes the
+//! durable seq, which is what MQTT acks and crash-safety claims wait on. Seqs are leased durably ahead
+//! of use, so a seq is never reused, even after kill -9. The same thread enforces the byte
+//! cap (drop-oldest eviction) and retention (prune what every sink acknowledged).
+
+mod chunk;
+mod flusher;
+mod open;
+mod stats;
+
+pub use open::Quarantine;
+pub use stats::JournalStats;
+
+use crate::frame::{key_seq, seq_key, Frame};
+use crate::units::{ByteSize, HumanDuration, Positive};
+use serde::Deserialize;
+use stats::Counters;
+use std::collections::{BTreeSet, VecDeque};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::{broadcast, watch};
+
+/// How many seqs are reserved durably ahead of use; a crash skips at most this many.
+const SEQ_LEASE: u64 = 10_000;
+/// Capacity of the live broadcast channel (frames), per subscriber.
+const LIVE_CAPACITY: usize = 8_192;
+/// Most frames held in memory awaiting a write; beyond it (disk failing) the oldest go.
+const PENDING_MAX: usize = 262_144;
+
+/// `[journal]` config section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JournalConfig {
+    /// Directory of the sled database.
+    pub path: PathBuf,
+    /// Byte cap; over it the oldest frames are evicted, synced or not.
+    pub max_bytes: ByteSize,
+    /// Longest time between an append and the fsync that makes it durable.
+    pub flush_ms: Positive,
+    /// Frames every sink acknowledged are pruned once older than this.
+    pub retention: HumanDuration,
+    /// sled page cache size.
+    pub cache_bytes: ByteSize,
+}
+
+impl Default for JournalConfig {
+    fn default() -> Self {
+        JournalConfig {
+            path: PathBuf::from("/var/lib/fieldgate/journal"),
+            max_bytes: ByteSize(512 << 20),
+            flush_ms: Positive(20),
+            retention: HumanDuration(Duration::from_secs(7 * 86_400)),
+            cache_bytes: ByteSize(4 << 20),
+        }
+    }
+}
+
+/// Journal failures.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    /// The storage engine failed.
+    #[error("journal storage error: {0}")]
+    Sled(#[from] sled::Error),
+    /// The journal was closed by shutdown.
+    #[error("journal is closed")]
+    Closed,
+    /// Another process holds the journal.
+    #[error("journal {0} is locked by another fieldgate process")]
+    Locked(PathBuf),
+    /// The directory could not be moved aside or recreated.
+    #[error("cannot quarantine journal: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Cheap-to-clone handle to the journal.
+#[derive(Clone)]
+pub struct Journal {
+    inner: Arc<Inner>,
+    flusher: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+}
+
+/// A frame appended but not yet written to sled by the flusher.
+struct Pending {
+    frame: Arc<Frame>,
+    record: Arc<Vec<u8>>,
+}
+
+/// Seq allocation state; held while a frame is appended so pending order is seq order.
+struct WriteState {
+    next_seq: u64,
+    lease_end: u64,
+    closed: bool,
+    pending: VecDeque<Pending>,
+}
+
+struct Inner {
+    cfg: JournalConfig,
+    db: sled::Db,
+    frames: sled::Tree,
+    cursors: sled::Tree,
+    meta: sled::Tree,
+    write: Mutex<WriteState>,
+    counters: Counters,
+    durable: watch::Sender<u64>,
+    live: broadcast::Sender<Arc<Frame>>,
+    wake: (Mutex<bool>, Condvar),
+    sinks: Mutex<BTreeSet<String>>,
+    quarantine: Option<Quarantine>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn meta_u64(meta: &sled::Tree, key: &str) -> Result<Option<u64>, sled::Error> {
+    Ok(meta.get(key)?.as_deref().and_then(key_seq))
+}
+
+impl Journal {
+    /// Open (or create) the journal; a journal that cannot be opened is quarantined.
+    pub fn open(cfg: JournalConfig) -> Result<Journal, JournalError> {
+        let (db, quarantine) = open::open_or_quarantine(&cfg)?;
+        let frames = db.open_tree("frames")?;
+        let cursors = db.open_tree("cursors")?;
+        let meta = db.open_tree("meta")?;
+        let counters = Counters::default();
+        counters.scan(&frames)?;
+        counters
+            .evicted
+            .store(meta_u64(&meta, "evicted")?.unwrap_or(0), Relaxed);
+        // Where to continue: after a clean close exactly where we stopped, after a crash
+        // above every seq that may have been handed out (the durable lease).
+        let last_stored = counters.last_seq.load(Relaxed);
+        let clean = meta_u64(&meta, "clean_next")?;
+        let lease = meta_u64(&meta, "lease_end")?;
+        let next_seq = [
+            clean.unwrap_or(1),
+            lease.map_or(1, |l| l + 1),
+            last_stored + 1,
+        ]
+        .into_iter()
+        .max()
+        .unwrap_or(1);
+        let lease_end = next_seq + SEQ_LEASE - 1;
+        meta.insert("lease_end", &seq_key(lease_end))?;
+        meta.remove("clean_next")?;
+        db.flush()?;
+        counters.last_seq.store(next_seq - 1, Relaxed);
+        counters.durable_seq.store(next_seq - 1, Relaxed);
+        let (durable, _) = watch::channel(next_seq - 1);
+        let (live, _) = broadcast::channel(LIVE_CAPACITY);
+        let inner = Arc::new(Inner {
+            cfg,
+            db,
+            frames,
+            cursors,
+            meta,
+            write: Mutex::new(WriteState {
+                next_seq,
+                lease_end,
+                closed: false,
+                pending: VecDeque::new(),
+            }),
+            counters,
+            durable,
+            live,
+            wake: (Mutex::new(false), Condvar::new()),
+            sinks: Mutex::new(BTreeSet::new()),
+            quarantine,
+        });
+        let worker = Arc::clone(&inner);
+        let flusher = std::thread::Builder::new()
+            .name("journal-flush".into())
+            .spawn(move || worker.flush_loop())?;
+        tracing::info!(
+            path = %inner.cfg.path.display(),
+            frames = inner.counters.frames.load(Relaxed),
+            next_seq,
+            "journal open"
+        );
+        Ok(Journal {
+            inner,
+            flusher: Arc::new(Mutex::new(Some(flusher))),
+        })
+    }
+
+    /// Append a frame: assigns and returns its seq, publishes it live. Durable after the
+    /// next group commit; see [`Journal::wait_durable`].
+    pub fn append(&self, frame: Frame) -> Result<u64, JournalError> {
+        let seqs = self.append_many(vec![frame])?;
+        Ok(*seqs.end())
+    }
+
+    /// Append several frames at once; returns the seq range they received.
+    pub fn append_many(
+        &self,
+        frames: Vec<Frame>,
+    ) -> Result<std::ops::RangeInclusive<u64>, JournalError> {
+        let inner = &self.inner;
+        let mut st = lock(&inner.write);
+        if st.closed {
+            return Err(JournalError::Closed);
+        }
+        let first = st.next_seq;
+        if frames.is_empty() {
+            return Ok(first..=first - 1);
+        }
+        let last = first + frames.len() as u64 - 1;
+        if last > st.lease_end {
+            // The flusher normally extends the lease ahead of us; this is the fallback.
+            st.lease_end = last + SEQ_LEASE;
+            inner.meta.insert("lease_end", &seq_key(st.lease_end))?;
+            inner.db.flush()?;
+        }
+        for (i, mut frame) in frames.into_iter().enumerate() {
+            frame.seq = first + i as u64;
+            let record = Arc::new(frame.encode());
+            let frame = Arc::new(frame);
+            // No receivers is fine: nobody is watching live right now.
+            let _ = inner.live.send(Arc::clone(&frame));
+            st.pending.push_back(Pending { frame, record });
+        }
+        st.next_seq = last + 1;
+        let overflow = st.pending.len().saturating_sub(PENDING_MAX);
+        if overflow > 0 {
+            st.pending.drain(..overflow);
+        }
+        drop(st);
+        inner.counters.appended(first, last);
+        if overflow > 0 {
+            inner.counters.drop_unwritten(overflow as u64);
+        }
+        inner.kick();
+        Ok(first..=last)
+    }
+
+    /// Wait until every seq ≤ `seq` is on disk (fsynced). Errors if the journal closed first.
+    pub async fn wait_durable(&self, seq: u64) -> Result<u64, JournalError> {
+        let mut rx = self.inner.durable.subscribe();
+        let got = rx.wait_for(|d| *d >= seq).await.map(|d| *d);
+        got.map_err(|_| JournalError::Closed)
+    }
+
+    /// Blocking form of [`Journal::wait_durable`] for threads outside the runtime.
+    pub fn wait_durable_blocking(&self, seq: u64) -> Result<u64, JournalError> {
+        loop {
+            let d = self.durable_seq();
+            if d >= seq {
+                return Ok(d);
+            }
+            if lock(&self.inner.write).closed {
+                return Err(JournalError::Closed);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// The highest seq known to be durable.
+    pub fn durable_seq(&self) -> u64 {
+        self.inner.counters.durable_seq.load(SeqCst)
+    }
+
+    /// The highest seq issued so far.
+    pub fn last_seq(&self) -> u64 {
+        self.inner.counters.last_seq.load(SeqCst)
+    }
+
+    /// A receiver of every frame appended from now on, in seq order.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Frame>> {
+        self.inner.live.subscribe()
+    }
+
+    /// Read up to `limit` frames with seq ≥ `from_seq`, in order, including frames not yet
+    /// written to disk. Undecodable records are counted and skipped.
+    pub fn range(&self, from_seq: u64, limit: usize) -> Vec<Frame> {
+        let inner = &self.inner;
+        // Snapshot the queue first: the flusher writes frames to sled before dropping them
+        // from the queue, so every frame is in the snapshot or in the sled read below.
+        let queued: Vec<Arc<Frame>> = lock(&inner.write)
+            .pending
+            .iter()
+            .filter(|p| p.frame.seq >= from_seq)
+            .take(limit)
+            .map(|p| Arc::clone(&p.frame))
+            .collect();
+        let mut out: Vec<Frame> = Vec::new();
+        let start = inner
+            .frames
+            .range(..=seq_key(from_seq))
+            .next_back()
+            .and_then(|r| r.ok())
+            .and_then(|(k, _)| key_seq(&k))
+            .unwrap_or(from_seq);
+        'chunks: for item in inner.frames.range(seq_key(start)..) {
+            let (k, v) = match item {
+                Ok(kv) => kv,
+                Err(e) => {
+                    tracing::error!(error = %e, "journal read failed");
+                    break;
+                }
+            };
+            let Some(first) = key_seq(&k) else { continue };
+            let decoded = match chunk::decode(first, &v) {
+                Ok(d) => d,
+                Err(e) => {
+                    inner.counters.record_decode_error(first, &e.to_string());
+                    continue;
+                }
+            };
+            for (i, f) in decoded.into_iter().enumerate() {
+                let seq = first + i as u64;
+                if seq < from_seq || out.last().is_some_and(|l| l.seq >= seq) {
+                    continue;
+                }
+                match f {
+                    Ok(f) => out.push(f),
+                    Err(e) => inner.counters.record_decode_error(seq, &e.to_string()),
+                }
+                if out.len() >= limit {
+                    break 'chunks;
+                }
+            }
+        }
+        let after = out.last().map_or(0, |f| f.seq);
+        for f in queued {
+            if out.len() >= limit {
+                break;
+            }
+            if f.seq > after {
+                out.push((*f).clone());
+            }
+        }
+        out
+    }
+
+    /// One frame by seq, if still in the journal.
+    pub fn get(&self, seq: u64) -> Option<Frame> {
+        self.range(seq, 1).into_iter().find(|f| f.seq == seq)
+    }
+
+    /// A named sink cursor; registering it makes retention wait for its acks.
+    pub fn cursor(&self, name: &str) -> Cursor {
+        lock(&self.inner.sinks).insert(name.to_string());
+        Cursor {
+            journal: self.clone(),
+            name: name.to_string(),
+        }
+    }
+
+    /// Named sled tree for registries (`devices`, `vehicles`, `keys`).
+    pub fn tree(&self, name: &str) -> Result<sled::Tree, JournalError> {
+        Ok(self.inner.db.open_tree(name)?)
+    }
+
+    /// Current statistics.
+    pub fn stats(&self) -> JournalStats {
+        let inner = &self.inner;
+        let sinks = lock(&inner.sinks).clone();
+        let cursors = sinks
+            .into_iter()
+            .map(|n| {
+                let acked = self.cursor_acked(&n);
+                (n, acked)
+            })
+            .collect();
+        inner.counters.snapshot(
+            inner.db.size_on_disk().unwrap_or(0),
+            cursors,
+            inner.quarantine.clone(),
+        )
+    }
+
+    /// Force a group commit now and wait for it.
+    pub async fn flush(&self) -> Result<u64, JournalError> {
+        let last = self.last_seq();
+        self.inner.kick();
+        self.wait_durable(last).await
+    }
+
+    /// Stop accepting appends, write and flush everything, and record a clean close.
+    pub fn close(&self) -> Result<(), JournalError> {
+        let inner = &self.inner;
+        let next = {
+            let mut st = lock(&inner.write);
+            if st.closed {
+                return Ok(());
+            }
+            st.closed = true;
+            st.next_seq
+        };
+        inner.kick();
+        // The flusher writes what is queued and exits once it sees `closed`.
+        if let Some(handle) = lock(&self.flusher).take() {
+            if handle.join().is_err() {
+                tracing::error!("journal flusher panicked");
+            }
+        }
+        let unwritten = lock(&inner.write).pending.len();
+        if unwritten > 0 {
+            tracing::error!(
+                frames = unwritten,
+                "journal closed with frames it could not write"
+            );
+        }
+        inner.meta.insert("clean_next", &seq_key(next))?;
+        inner.meta.insert("lease_end", &seq_key(next - 1))?;
+        inner.db.flush()?;
+        tracing::info!(last_seq = next - 1, "journal closed");
+        Ok(())
+    }
+
+    fn cursor_acked(&self, name: &str) -> u64 {
+        meta_u64(&self.inner.cursors, name)
+            .ok()
+            .flatten()
+            .unwrap_or(0)
+    }
+
+    /// Run one maintenance round now (eviction + retention), as the flusher does.
+    pub fn maintain(&self) -> Result<(), JournalError> {
+        self.inner.maintain(true)
+    }
+}
+
+/// A sink's position in the journal: the last seq it has acknowledged.
+#[derive(Clone)]
+pub struct Cursor {
+    journal: Journal,
+    name: String,
+}
+
+impl Cursor {
+    /// The last acknowledged seq (0 = nothing yet).
+    pub fn acked(&self) -> u64 {
+        self.journal.cursor_acked(&self.name)
+    }
+
+    /// Record that every frame ≤ `seq` has been delivered; persisted with the next flush.
+    pub fn ack(&self, seq: u64) -> Result<(), JournalError> {
+        let inner = &self.journal.inner;
+        inner.cursors.insert(self.name.as_bytes(), &seq_key(seq))?;
+        inner.kick();
+        Ok(())
+    }
+
+    /// Up to `limit` frames after the acknowledged position.
+    pub fn read(&self, limit: usize) -> Vec<Frame> {
+        self.journal.range(self.acked() + 1, limit)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,197 @@
+//! The flusher thread: group commit, seq lease extension, eviction and retention.
+
+use super::chunk::{self, ChunkHeader, CHUNK_MAX_FRAMES, CHUNK_MAX_RAW};
+use super::{lock, meta_u64, Inner, JournalError, SEQ_LEASE};
+use crate::frame::{key_seq, now_ms, seq_key};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How often retention runs (eviction runs at every commit).
+const RETENTION_EVERY: Duration = Duration::from_secs(5);
+/// Most chunks one maintenance pass removes before letting a commit happen.
+const MAINTENANCE_CHUNKS: usize = 4_096;
+
+impl Inner {
+    /// Wake the flusher.
+    pub(super) fn kick(&self) {
+        let (lk, cv) = &self.wake;
+        *lock(lk) = true;
+        cv.notify_all();
+    }
+
+    /// Block until kicked (or a second passes).
+    fn wait_for_work(&self) {
+        let (lk, cv) = &self.wake;
+        let mut pending = lock(lk);
+        if !*pending {
+            pending = match cv.wait_timeout(pending, Duration::from_secs(1)) {
+                Ok((g, _)) => g,
+                Err(p) => p.into_inner().0,
+            };
+        }
+        *pending = false;
+    }
+
+    /// The flusher loop; returns after the commit that follows `close`.
+    pub(super) fn flush_loop(self: Arc<Self>) {
+        let window = Duration::from_millis(self.cfg.flush_ms.0);
+        let mut last_retention = Instant::now();
+        let mut failing_since: Option<Instant> = None;
+        loop {
+            self.wait_for_work();
+            let started = Instant::now();
+            let retention = last_retention.elapsed() >= RETENTION_EVERY;
+            if retention {
+                last_retention = started;
+            }
+            if let Err(e) = self.maintain(retention) {
+                tracing::error!(error = %e, "journal maintenance failed");
+            }
+            match self.commit() {
+                Ok(true) => return,
+                Ok(false) => {
+                    failing_since = None;
+                    self.counters.set_flush_failing(false);
+                }
+                Err(e) => {
+                    if failing_since.is_none() {
+                        tracing::error!(error = %e, "journal write failed; frames stay queued, retrying");
+                    }
+                    let since = *failing_since.get_or_insert(started);
+                    if since.elapsed() > Duration::from_secs(2) {
+                        self.counters.set_flush_failing(true);
+                    }
+                    if lock(&self.write).closed && self.counters.flush_failing() {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+            // Group commit: at most one fsync per window.
+            if let Some(rest) = window.checked_sub(started.elapsed()) {
+                std::thread::sleep(rest);
+            }
+        }
+    }
+
+    /// One group commit; returns true once the journal is closed and everything written.
+    fn commit(&self) -> Result<bool, JournalError> {
+        let (batch, covered, closed) = {
+            let mut st = lock(&self.write);
+            if !st.closed && st.lease_end - st.next_seq < SEQ_LEASE / 2 {
+                st.lease_end = st.next_seq + SEQ_LEASE;
+                self.meta.insert("lease_end", &seq_key(st.lease_end))?;
+            }
+            let batch: Vec<(u64, i64, Arc<Vec<u8>>)> = st
+                .pending
+                .iter()
+                .map(|p| (p.frame.seq, p.frame.ts_ms, Arc::clone(&p.record)))
+                .collect();
+            (batch, st.next_seq - 1, st.closed)
+        };
+        let mut written = 0u64;
+        let mut i = 0;
+        while i < batch.len() {
+            let start = i;
+            let (mut raw, mut max_ts) = (0usize, i64::MIN);
+            while i < batch.len()
+                && i - start < CHUNK_MAX_FRAMES
+                && (i == start || raw + batch[i].2.len() <= CHUNK_MAX_RAW)
+            {
+                raw += batch[i].2.len() + 4;
+                max_ts = max_ts.max(batch[i].1);
+                i += 1;
+            }
+            let value = chunk::encode(batch[start..i].iter().map(|b| b.2.as_slice()), max_ts);
+            written += 8 + value.len() as u64;
+            self.frames.insert(seq_key(batch[start].0), value)?;
+        }
+        self.counters.stored(written);
+        self.meta
+            .insert("evicted", &seq_key(self.counters.evicted.load(Relaxed)))?;
+        self.db.flush()?;
+        if let Some(&(last, _, _)) = batch.last() {
+            let mut st = lock(&self.write);
+            while st.pending.front().is_some_and(|p| p.frame.seq <= last) {
+                st.pending.pop_front();
+            }
+        }
+        self.counters.flushed(covered);
+        self.durable.send_if_modified(|d| {
+            let changed = *d < covered;
+            *d = (*d).max(covered);
+            changed
+        });
+        Ok(closed)
+    }
+
+    /// Evict over the byte cap; when `retention` is set, also prune old acknowledged frames.
+    pub(super) fn maintain(&self, retention: bool) -> Result<(), JournalError> {
+        let cap = self.cfg.max_bytes.0;
+        loop {
+            let excess = self.counters.bytes.load(Relaxed).saturating_sub(cap);
+            if excess == 0 {
+                break;
+            }
+            let (n, bytes) = self.remove_front(|_, _, removed| removed < excess)?;
+            if bytes == 0 {
+                break;
+            }
+            self.counters.evict(n, bytes, cap);
+        }
+        if retention {
+            let safe = self.safe_seq();
+            let cutoff = now_ms() - self.cfg.retention.0.as_millis() as i64;
+            let (n, bytes) = self.remove_front(|first, h, _| {
+                first + u64::from(h.count).saturating_sub(1) <= safe && h.max_ts_ms < cutoff
+            })?;
+            if n > 0 {
+                self.counters.prune(n, bytes);
+                tracing::info!(
+                    frames = n,
+                    "journal pruned acknowledged frames past retention"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Highest seq every registered sink acknowledged (all durable frames if no sinks).
+    fn safe_seq(&self) -> u64 {
+        let sinks = lock(&self.sinks).clone();
+        let durable = self.counters.durable_seq.load(Relaxed);
+        sinks
+            .iter()
+            .map(|n| meta_u64(&self.cursors, n).ok().flatten().unwrap_or(0))
+            .fold(durable, u64::min)
+    }
+
+    /// Remove chunks from the front while `keep_going(first_seq, header, bytes_removed)`;
+    /// returns (frames, bytes) removed. Unreadable chunks at the front are removed too.
+    fn remove_front(
+        &self,
+        mut keep_going: impl FnMut(u64, ChunkHeader, u64) -> bool,
+    ) -> Result<(u64, u64), JournalError> {
+        let (mut n, mut bytes) = (0u64, 0u64);
+        for item in self.frames.iter().take(MAINTENANCE_CHUNKS) {
+            let (k, v) = item?;
+            let size = (k.len() + v.len()) as u64;
+            match (key_seq(&k), chunk::header(&v)) {
+                (Some(first), Some(h)) => {
+                    if !keep_going(first, h, bytes) {
+                        break;
+                    }
+                    n += u64::from(h.count);
+                }
+                _ => tracing::error!(key = ?k, "removing an unreadable journal chunk"),
+            }
+            self.frames.remove(k)?;
+            bytes += size;
+        }
+        if bytes > 0 {
+            self.counters.refresh_first(&self.frames)?;
+        }
+        Ok((n, bytes))
+    }
+}

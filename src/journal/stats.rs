@@ -1,0 +1,197 @@
+//! Journal counters: kept in atomics by the writer and flusher, read by status and metrics.
+
+use super::chunk;
+use super::Quarantine;
+use crate::frame::key_seq;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// How often an ongoing eviction is logged (the counter always counts).
+const EVICT_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Live counters, updated lock-free.
+#[derive(Default)]
+pub(super) struct Counters {
+    pub first_seq: AtomicU64,
+    pub last_seq: AtomicU64,
+    pub durable_seq: AtomicU64,
+    pub frames: AtomicU64,
+    pub bytes: AtomicU64,
+    pub evicted: AtomicU64,
+    pub pruned: AtomicU64,
+    pub decode_errors: AtomicU64,
+    pub flushes: AtomicU64,
+    pub appended_total: AtomicU64,
+    flush_failing: AtomicBool,
+    evict_log: Mutex<Option<(Instant, u64)>>,
+}
+
+/// A point-in-time view of the journal, as `/api/status` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct JournalStats {
+    /// Oldest seq still stored (0 when empty).
+    pub first_seq: u64,
+    /// Highest seq issued.
+    pub last_seq: u64,
+    /// Highest seq known to be on disk.
+    pub durable_seq: u64,
+    /// Frames stored.
+    pub frames: u64,
+    /// Logical bytes stored (keys + encoded frames).
+    pub bytes: u64,
+    /// Bytes sled occupies on disk.
+    pub disk_bytes: u64,
+    /// Frames evicted by the byte cap since the journal was created.
+    pub evicted: u64,
+    /// Frames pruned by retention in this run.
+    pub pruned: u64,
+    /// Records that failed to decode in this run.
+    pub decode_errors: u64,
+    /// Group commits in this run.
+    pub flushes: u64,
+    /// Frames appended in this run.
+    pub appended: u64,
+    /// Last acknowledged seq per registered sink cursor.
+    pub cursors: BTreeMap<String, u64>,
+    /// Set when the journal found at start could not be opened and was moved aside.
+    pub quarantine: Option<Quarantine>,
+}
+
+impl Counters {
+    /// Count what the frames tree holds (run once at open; reads chunk headers only).
+    pub fn scan(&self, frames: &sled::Tree) -> Result<(), sled::Error> {
+        let (mut n, mut bytes) = (0u64, 0u64);
+        for item in frames.iter() {
+            let (k, v) = item?;
+            n += chunk::header(&v).map_or(0, |h| u64::from(h.count));
+            bytes += (k.len() + v.len()) as u64;
+        }
+        self.frames.store(n, Relaxed);
+        self.bytes.store(bytes, Relaxed);
+        let last = frames
+            .last()?
+            .and_then(|(k, v)| Some(key_seq(&k)? + u64::from(chunk::header(&v)?.count) - 1))
+            .unwrap_or(0);
+        self.last_seq.store(last, Relaxed);
+        self.refresh_first(frames)
+    }
+
+    /// Re-read the oldest stored seq.
+    pub fn refresh_first(&self, frames: &sled::Tree) -> Result<(), sled::Error> {
+        let first = frames.first()?.and_then(|(k, _)| key_seq(&k)).unwrap_or(0);
+        self.first_seq.store(first, Relaxed);
+        Ok(())
+    }
+
+    /// Frames `first..=last` were appended (queued for the next commit).
+    pub fn appended(&self, first: u64, last: u64) {
+        let n = last - first + 1;
+        let _ = self.first_seq.compare_exchange(0, first, Relaxed, Relaxed);
+        self.frames.fetch_add(n, Relaxed);
+        self.appended_total.fetch_add(n, Relaxed);
+        self.last_seq.store(last, SeqCst);
+    }
+
+    /// A commit wrote `bytes` of chunks.
+    pub fn stored(&self, bytes: u64) {
+        self.bytes.fetch_add(bytes, Relaxed);
+    }
+
+    /// `n` queued frames were dropped unwritten because writes keep failing.
+    pub fn drop_unwritten(&self, n: u64) {
+        self.removed(n, 0);
+        self.evicted.fetch_add(n, Relaxed);
+        tracing::error!(
+            frames = n,
+            "journal writes failing: dropped the oldest queued frames"
+        );
+    }
+
+    /// Whether commits have been failing for a while.
+    pub fn flush_failing(&self) -> bool {
+        self.flush_failing.load(Relaxed)
+    }
+
+    /// Record whether commits are failing.
+    pub fn set_flush_failing(&self, v: bool) {
+        self.flush_failing.store(v, Relaxed);
+    }
+
+    /// A group commit covering every seq ≤ `covered` finished.
+    pub fn flushed(&self, covered: u64) {
+        self.durable_seq.fetch_max(covered, SeqCst);
+        self.flushes.fetch_add(1, Relaxed);
+    }
+
+    fn removed(&self, n: u64, bytes: u64) {
+        self.frames
+            .fetch_sub(n.min(self.frames.load(Relaxed)), Relaxed);
+        self.bytes
+            .fetch_sub(bytes.min(self.bytes.load(Relaxed)), Relaxed);
+    }
+
+    /// `n` frames were evicted by the byte cap; logged at most every 10 s.
+    pub fn evict(&self, n: u64, bytes: u64, cap: u64) {
+        self.removed(n, bytes);
+        let total = self.evicted.fetch_add(n, Relaxed) + n;
+        let mut log = self.evict_log.lock().unwrap_or_else(|p| p.into_inner());
+        let due = log.is_none_or(|(at, _)| at.elapsed() >= EVICT_LOG_EVERY);
+        if due {
+            let since = total - log.map_or(0, |(_, t)| t);
+            tracing::warn!(
+                evicted = since,
+                evicted_total = total,
+                cap_bytes = cap,
+                "journal over its byte cap: evicting the oldest frames (unsynced ones included)"
+            );
+            *log = Some((Instant::now(), total));
+        }
+    }
+
+    /// `n` acknowledged frames were pruned by retention.
+    pub fn prune(&self, n: u64, bytes: u64) {
+        self.removed(n, bytes);
+        self.pruned.fetch_add(n, Relaxed);
+    }
+
+    /// A stored record at `seq` could not be decoded.
+    pub fn record_decode_error(&self, seq: u64, error: &str) {
+        let n = self.decode_errors.fetch_add(1, Relaxed);
+        if n < 10 || n.is_power_of_two() {
+            tracing::error!(
+                seq,
+                error,
+                errors = n + 1,
+                "undecodable journal record skipped"
+            );
+        }
+    }
+
+    /// Snapshot for status.
+    pub fn snapshot(
+        &self,
+        disk_bytes: u64,
+        cursors: BTreeMap<String, u64>,
+        quarantine: Option<Quarantine>,
+    ) -> JournalStats {
+        JournalStats {
+            first_seq: self.first_seq.load(Relaxed),
+            last_seq: self.last_seq.load(Relaxed),
+            durable_seq: self.durable_seq.load(Relaxed),
+            frames: self.frames.load(Relaxed),
+            bytes: self.bytes.load(Relaxed),
+            disk_bytes,
+            evicted: self.evicted.load(Relaxed),
+            pruned: self.pruned.load(Relaxed),
+            decode_errors: self.decode_errors.load(Relaxed),
+            flushes: self.flushes.load(Relaxed),
+            appended: self.appended_total.load(Relaxed),
+            cursors,
+            quarantine,
+        }
+    }
+}

@@ -1,0 +1,208 @@
+use super::*;
+use serde_json::json;
+
+fn cfg(dir: &std::path::Path) -> JournalConfig {
+    JournalConfig {
+        path: dir.join("journal"),
+        flush_ms: Positive(5),
+        ..JournalConfig::default()
+    }
+}
+
+/// A test frame with `pad` bytes of incompressible hex, so byte caps mean something.
+fn frame(n: u64, pad: usize) -> Frame {
+    let mut x = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let hex: String = (0..pad)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            char::from_digit((x % 16) as u32, 16).unwrap_or('0')
+        })
+        .collect();
+    Frame::new(
+        "gw",
+        "test",
+        &format!("dev{}", n % 3),
+        "json",
+        json!({"n": n, "pad": hex}),
+    )
+}
+
+#[tokio::test]
+async fn append_range_get_and_durable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let j = Journal::open(cfg(dir.path())).expect("open");
+    let mut live = j.subscribe();
+    let mut last = 0;
+    for n in 0..100 {
+        let seq = j.append(frame(n, 10)).expect("append");
+        assert_eq!(seq, last + 1, "seqs are contiguous within a run");
+        last = seq;
+    }
+    assert!(j.wait_durable(last).await.expect("durable") >= last);
+    let got = j.range(1, 1000);
+    assert_eq!(got.len(), 100);
+    assert!(got.windows(2).all(|w| w[0].seq + 1 == w[1].seq));
+    assert_eq!(got[41].payload["n"], 41);
+    assert_eq!(j.get(50).expect("seq 50").seq, 50);
+    assert_eq!(
+        j.range(90, 5).iter().map(|f| f.seq).collect::<Vec<_>>(),
+        vec![90, 91, 92, 93, 94]
+    );
+    let first_live = live.recv().await.expect("live frame");
+    assert_eq!(first_live.seq, 1);
+    let s = j.stats();
+    assert_eq!((s.first_seq, s.last_seq, s.frames), (1, 100, 100));
+    j.close().expect("close");
+    assert!(matches!(j.append(frame(0, 1)), Err(JournalError::Closed)));
+}
+
+#[test]
+fn clean_reopen_continues_without_gap_and_keeps_cursors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let j = Journal::open(cfg(dir.path())).expect("open");
+    let range = j
+        .append_many((0..10).map(|n| frame(n, 5)).collect())
+        .expect("append");
+    assert_eq!(range, 1..=10);
+    j.cursor("mongo").ack(7).expect("ack");
+    j.close().expect("close");
+    drop(j);
+    let j = Journal::open(cfg(dir.path())).expect("reopen");
+    assert_eq!(j.append(frame(10, 5)).expect("append"), 11);
+    let c = j.cursor("mongo");
+    assert_eq!(c.acked(), 7);
+    assert_eq!(c.read(100).first().map(|f| f.seq), Some(8));
+    assert_eq!(j.stats().frames, 11);
+    j.close().expect("close");
+}
+
+#[test]
+fn byte_cap_evicts_oldest_and_counts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut c = cfg(dir.path());
+    c.max_bytes = ByteSize(64 * 1024);
+    let j = Journal::open(c).expect("open");
+    let mut appended = 0u64;
+    let mut max_seen = 0u64;
+    for round in 0..40 {
+        let batch: Vec<Frame> = (0..50).map(|n| frame(round * 50 + n, 200)).collect();
+        let r = j.append_many(batch).expect("append");
+        appended += 50;
+        j.wait_durable_blocking(*r.end()).expect("durable");
+        j.maintain().expect("maintain");
+        max_seen = max_seen.max(j.stats().bytes);
+    }
+    let s = j.stats();
+    let one_batch = 50 * (8 + frame(0, 200).encode().len() as u64);
+    assert!(
+        s.bytes <= 64 * 1024,
+        "bytes {} over cap after maintenance",
+        s.bytes
+    );
+    assert!(
+        max_seen <= 64 * 1024 + one_batch,
+        "peak {max_seen} over cap + one batch"
+    );
+    assert!(s.evicted > 0);
+    let stored = j.range(0, usize::MAX);
+    assert_eq!(stored.len() as u64, s.frames);
+    assert_eq!(
+        s.evicted,
+        appended - s.frames,
+        "evicted counter equals frames removed"
+    );
+    assert_eq!(stored.first().map(|f| f.seq), Some(s.first_seq));
+    assert_eq!(stored.last().map(|f| f.seq), Some(appended));
+    j.close().expect("close");
+    drop(j);
+    let j = Journal::open(cfg(dir.path())).expect("reopen");
+    assert_eq!(
+        j.stats().evicted,
+        s.evicted,
+        "evicted count survives restart"
+    );
+    j.close().expect("close");
+}
+
+#[test]
+fn retention_prunes_only_what_every_sink_acked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut c = cfg(dir.path());
+    c.retention = HumanDuration(Duration::ZERO);
+    let j = Journal::open(c).expect("open");
+    let a = j.cursor("mongo");
+    let b = j.cursor("other");
+    for c in 0..10 {
+        // Ten commits of ten frames: retention works in whole chunks.
+        let r = j
+            .append_many((0..10).map(|n| frame(c * 10 + n, 5)).collect())
+            .expect("append");
+        j.wait_durable_blocking(*r.end()).expect("durable");
+    }
+    std::thread::sleep(Duration::from_millis(5));
+    a.ack(60).expect("ack");
+    b.ack(30).expect("ack");
+    j.maintain().expect("maintain");
+    assert_eq!(j.stats().first_seq, 31, "pruned up to the slowest sink");
+    b.ack(80).expect("ack");
+    j.maintain().expect("maintain");
+    let s = j.stats();
+    assert_eq!((s.first_seq, s.frames, s.pruned), (61, 40, 60));
+    j.close().expect("close");
+}
+
+#[test]
+fn undecodable_record_is_skipped_and_counted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let j = Journal::open(cfg(dir.path())).expect("open");
+    let r = j
+        .append_many((0..3).map(|n| frame(n, 5)).collect())
+        .expect("append");
+    j.wait_durable_blocking(*r.end()).expect("durable");
+    let r = j
+        .append_many((0..3).map(|n| frame(n, 5)).collect())
+        .expect("append");
+    j.wait_durable_blocking(*r.end()).expect("durable");
+    let tree = j.tree("frames").expect("tree");
+    assert_eq!(tree.len(), 2, "one chunk per commit");
+    tree.insert(seq_key(1), &b"\x01garbage"[..])
+        .expect("insert");
+    let got: Vec<u64> = j.range(0, 10).iter().map(|f| f.seq).collect();
+    assert_eq!(got, vec![4, 5, 6]);
+    assert_eq!(j.stats().decode_errors, 1);
+    j.close().expect("close");
+}
+
+#[test]
+fn garbage_journal_is_quarantined_not_fatal() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = cfg(dir.path());
+    std::fs::create_dir_all(&c.path).expect("mkdir");
+    std::fs::write(c.path.join("conf"), b"\xff\x00not a sled config\x13\x37").expect("write");
+    std::fs::write(c.path.join("db"), vec![0xA5u8; 100_000]).expect("write");
+    let j = Journal::open(c.clone()).expect("open must survive garbage");
+    let q = j.stats().quarantine.expect("quarantine reported");
+    assert!(q.moved_to.to_string_lossy().contains(".corrupt-"));
+    assert!(
+        q.moved_to.join("db").exists(),
+        "old files kept for inspection"
+    );
+    assert_eq!(j.append(frame(0, 5)).expect("fresh journal works"), 1);
+    j.close().expect("close");
+}
+
+#[test]
+fn a_locked_journal_is_reported_not_quarantined() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = cfg(dir.path());
+    let j = Journal::open(c.clone()).expect("open");
+    match Journal::open(c.clone()) {
+        Err(JournalError::Locked(_)) => {}
+        Err(e) => panic!("expected Locked, got {e}"),
+        Ok(_) => panic!("second open must fail"),
+    }
+    assert!(c.path.join("db").exists(), "the live journal was not moved");
+    j.close().expect("close");
+}

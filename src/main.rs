@@ -1,0 +1,296 @@
+//! The `fieldgate` command line: run, demo, check-config, keys, journal, bench.
+
+mod bench;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use fieldgate::auth::{KeyStore, Scope};
+use fieldgate::config::{Config, GatewayConfig};
+use fieldgate::journal::{Journal, JournalConfig};
+use fieldgate::service::{self, RunOptions};
+use fieldgate::source::sim::SimConfig;
+use fieldgate::units::ByteSize;
+use std::io::{IsTerminal, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Edge telemetry gateway: serial + MQTT in, durable journal, MongoDB sync, live relay.
+#[derive(Parser)]
+#[command(name = "fieldgate", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the gateway from a config file.
+    Run {
+        /// Config file.
+        #[arg(long, short, default_value = "/etc/fieldgate/fieldgate.toml")]
+        config: PathBuf,
+    },
+    /// Run a self-contained demo: a simulated vehicle, a local journal, the API.
+    Demo {
+        /// API listen address.
+        #[arg(long, default_value = "127.0.0.1:3004")]
+        listen: SocketAddr,
+        /// Journal directory.
+        #[arg(long, default_value = "fieldgate-demo-data")]
+        data: PathBuf,
+        /// API key to accept (one is generated and printed when absent).
+        #[arg(long, env = "FIELDGATE_API_KEY")]
+        api_key: Option<String>,
+    },
+    /// Validate a config file: exit 0, or name the bad key and why.
+    CheckConfig {
+        /// Config file.
+        file: PathBuf,
+    },
+    /// Manage API keys (stored hashed in the journal).
+    Keys {
+        #[command(subcommand)]
+        cmd: KeysCmd,
+        #[command(flatten)]
+        at: JournalAt,
+    },
+    /// Inspect the journal.
+    Journal {
+        #[command(subcommand)]
+        cmd: JournalCmd,
+        #[command(flatten)]
+        at: JournalAt,
+    },
+    /// Measure performance; prints numbers.
+    Bench {
+        #[command(subcommand)]
+        cmd: bench::BenchCmd,
+    },
+}
+
+/// Where the journal is: from a config file or a directory.
+#[derive(clap::Args)]
+struct JournalAt {
+    /// Config file naming the journal.
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
+    /// Journal directory (overrides --config).
+    #[arg(long, global = true)]
+    data: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum KeysCmd {
+    /// Create a key and print it (the only time it is shown).
+    Add {
+        /// Who or what uses the key.
+        name: String,
+        /// Comma-separated scopes: read, write, publish, control, admin.
+        #[arg(long, value_delimiter = ',', default_value = "read")]
+        scopes: Vec<Scope>,
+    },
+    /// List keys (never the keys themselves).
+    List,
+    /// Revoke keys by id or name.
+    Revoke {
+        /// Key id (from `keys list`) or name.
+        which: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum JournalCmd {
+    /// Print journal statistics as JSON.
+    Stats,
+    /// Print frames as JSON lines.
+    Export {
+        /// First seq to print.
+        #[arg(long, default_value_t = 0)]
+        from_seq: u64,
+        /// Most frames to print.
+        #[arg(long, default_value_t = u64::MAX)]
+        limit: u64,
+    },
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+impl JournalAt {
+    fn journal_config(&self) -> anyhow::Result<JournalConfig> {
+        let mut jc = match &self.config {
+            Some(path) => Config::load(path)?.journal,
+            None => JournalConfig::default(),
+        };
+        if let Some(d) = &self.data {
+            jc.path = d.clone();
+        }
+        Ok(jc)
+    }
+}
+
+/// The demo's built-in configuration.
+fn demo_config(listen: SocketAddr, data: PathBuf) -> Config {
+    let mut cfg = Config {
+        gateway: GatewayConfig { id: "demo".into() },
+        journal: JournalConfig {
+            path: data,
+            max_bytes: ByteSize(64 << 20),
+            ..JournalConfig::default()
+        },
+        listen: Default::default(),
+        log: Default::default(),
+        mongo: None,
+        sources: Default::default(),
+    };
+    cfg.listen.address = listen;
+    cfg.sources.sim.push(SimConfig::default());
+    cfg
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match real_main(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("fieldgate: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.cmd {
+        Cmd::CheckConfig { file } => match Config::load(&file) {
+            Ok(cfg) => {
+                println!(
+                    "{}: ok (gateway {}, {} sources, mongo {})",
+                    file.display(),
+                    cfg.gateway.id,
+                    cfg.sources.names().len(),
+                    if cfg.mongo.is_some() { "on" } else { "off" }
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                eprintln!("{}: {e}", file.display());
+                Ok(ExitCode::from(2))
+            }
+        },
+        Cmd::Run { config } => {
+            let cfg = Config::load(&config)?;
+            init_logging(&cfg.log.level);
+            runtime()?.block_on(service::run(cfg, RunOptions::default()))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Demo {
+            listen,
+            data,
+            api_key,
+        } => {
+            init_logging("info");
+            let mut cfg = demo_config(listen, data);
+            cfg.apply_env(|k| std::env::var(k).ok())?;
+            let key = api_key.unwrap_or_else(fieldgate::auth::generate_key);
+            let mut out = std::io::stdout();
+            writeln!(
+                out,
+                "fieldgate demo: simulated vehicle, journal in {}",
+                cfg.journal.path.display()
+            )?;
+            writeln!(out, "API key: {key}")?;
+            writeln!(
+                out,
+                "Status:  curl -H 'x-api-key: {key}' http://{}/api/status",
+                cfg.listen.address
+            )?;
+            writeln!(out, "Stop with Ctrl-C.")?;
+            out.flush()?;
+            let opts = RunOptions {
+                ephemeral_key: Some(key),
+            };
+            runtime()?.block_on(service::run(cfg, opts))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Keys { cmd, at } => {
+            let journal = Journal::open(at.journal_config()?)?;
+            let store = KeyStore::persistent(journal.tree("keys")?);
+            match cmd {
+                KeysCmd::Add { name, scopes } => {
+                    let (key, info) = store.add(&name, &scopes)?;
+                    let scopes: Vec<String> = info.scopes.iter().map(|s| s.to_string()).collect();
+                    println!("{key}");
+                    eprintln!(
+                        "key {} for {:?} with scopes {}; shown once, store it now",
+                        info.id,
+                        info.name,
+                        scopes.join(",")
+                    );
+                }
+                KeysCmd::List => {
+                    for k in store.list()? {
+                        let scopes: Vec<String> = k.scopes.iter().map(|s| s.to_string()).collect();
+                        println!(
+                            "{}\t{}\t{}\t{}",
+                            k.id,
+                            k.name,
+                            scopes.join(","),
+                            k.created_ms
+                        );
+                    }
+                }
+                KeysCmd::Revoke { which } => {
+                    let n = store.revoke(&which)?;
+                    println!("revoked {n} key(s)");
+                }
+            }
+            journal.close()?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Journal { cmd, at } => {
+            let journal = Journal::open(at.journal_config()?)?;
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            match cmd {
+                JournalCmd::Stats => {
+                    writeln!(out, "{}", serde_json::to_string_pretty(&journal.stats())?)?;
+                }
+                JournalCmd::Export { from_seq, limit } => {
+                    let mut next = from_seq;
+                    let mut left = limit;
+                    while left > 0 {
+                        let chunk = journal.range(next, left.min(1000) as usize);
+                        let Some(last) = chunk.last().map(|f| f.seq) else {
+                            break;
+                        };
+                        for f in &chunk {
+                            writeln!(out, "{}", serde_json::to_string(f)?)?;
+                        }
+                        left -= chunk.len() as u64;
+                        next = last + 1;
+                    }
+                }
+            }
+            out.flush()?;
+            journal.close()?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Bench { cmd } => bench::run(cmd).map(|_| ExitCode::SUCCESS),
+    }
+}

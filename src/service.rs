@@ -1,0 +1,115 @@
+//! Wiring: open the journal, start every component, serve the API, shut down cleanly.
+//!
+//! Shutdown order matters for "never lose a frame": sources stop first (no new frames),
+//! then the listener drains, then the journal flushes and records a clean close.
+
+use crate::api::{self, AppState};
+use crate::auth::KeyStore;
+use crate::config::Config;
+use crate::journal::Journal;
+use crate::source::{sim, SourceStates};
+use anyhow::Context;
+use std::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Extra run-time options that are not part of the config file.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// A key accepted for this run only (demo's printed key), with all scopes.
+    pub ephemeral_key: Option<String>,
+}
+
+/// Resolve on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {},
+                    _ = term.recv() => {},
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// Run the gateway until SIGINT/SIGTERM.
+pub async fn run(cfg: Config, opts: RunOptions) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let jcfg = cfg.journal.clone();
+    let journal = tokio::task::spawn_blocking(move || Journal::open(jcfg))
+        .await
+        .context("journal open task")??;
+    let keys = KeyStore::persistent(journal.tree("keys")?);
+    if let Some(k) = &opts.ephemeral_key {
+        keys.add_ephemeral(k, "demo", &crate::auth::Scope::ALL);
+    }
+    let sources = SourceStates::default();
+    let shutdown = CancellationToken::new();
+    let tasks = TaskTracker::new();
+
+    let gateway = cfg.gateway.id.clone();
+    for s in cfg.sources.sim.iter().cloned() {
+        let slot = sources.register(&s.name, "sim");
+        tasks.spawn(sim::run(
+            s,
+            gateway.clone(),
+            journal.clone(),
+            slot,
+            shutdown.clone(),
+        ));
+    }
+    if !cfg.sources.obd.is_empty() || !cfg.sources.mqtt.is_empty() || cfg.mongo.is_some() {
+        anyhow::bail!(
+            "this build does not run [[sources.obd]], [[sources.mqtt]] or [mongo] yet; \
+             remove them from the config"
+        );
+    }
+
+    let state = AppState {
+        gateway: gateway.clone(),
+        journal: journal.clone(),
+        keys,
+        sources,
+        started,
+    };
+    let listener = tokio::net::TcpListener::bind(cfg.listen.address)
+        .await
+        .with_context(|| format!("cannot listen on {}", cfg.listen.address))?;
+    tracing::info!(address = %cfg.listen.address, gateway = %gateway, "API listening");
+    let server_stop = shutdown.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(
+            listener,
+            api::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { server_stop.cancelled().await })
+        .await
+    });
+
+    shutdown_signal().await;
+    tracing::info!("shutting down: stopping sources, flushing the journal");
+    shutdown.cancel();
+    tasks.close();
+    tasks.wait().await;
+    match tokio::time::timeout(std::time::Duration::from_secs(5), server).await {
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "API server ended with an error"),
+        Err(_) => tracing::warn!("API server did not drain in 5 s"),
+        _ => {}
+    }
+    let j = journal.clone();
+    tokio::task::spawn_blocking(move || j.close())
+        .await
+        .context("journal close task")??;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}

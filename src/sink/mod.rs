@@ -1,0 +1,3 @@
+//! Sinks: consumers of the journal that deliver frames elsewhere, each by its own cursor.
+
+pub mod mongo;

@@ -1,0 +1,139 @@
+//! Sources: everything that produces frames for the journal.
+//!
+//! Each source is one task of (its config, the journal, a shutdown token, its status slot)
+//! that returns when shutdown fires. Sources never talk to sinks or the relay directly.
+
+pub mod framing;
+pub mod mqtt;
+pub mod nmea;
+pub mod obd;
+pub mod sim;
+
+use crate::config::ConfigError;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+/// `[sources]`: every configured source, by kind.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourcesConfig {
+    /// ELM327 OBD-II adapters.
+    #[serde(default)]
+    pub obd: Vec<obd::ObdConfig>,
+    /// MQTT brokers.
+    #[serde(default)]
+    pub mqtt: Vec<mqtt::MqttConfig>,
+    /// Simulated vehicles.
+    #[serde(default)]
+    pub sim: Vec<sim::SimConfig>,
+}
+
+impl SourcesConfig {
+    /// `(key path, name)` of every source, for uniqueness checks.
+    pub fn names(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for (i, s) in self.obd.iter().enumerate() {
+            out.push((format!("sources.obd[{i}]"), s.name.clone()));
+        }
+        for (i, s) in self.mqtt.iter().enumerate() {
+            out.push((format!("sources.mqtt[{i}]"), s.name.clone()));
+        }
+        for (i, s) in self.sim.iter().enumerate() {
+            out.push((format!("sources.sim[{i}]"), s.name.clone()));
+        }
+        out
+    }
+
+    /// Per-source checks.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (i, s) in self.obd.iter().enumerate() {
+            s.validate(&format!("sources.obd[{i}]"))?;
+        }
+        for (i, s) in self.mqtt.iter().enumerate() {
+            s.validate(&format!("sources.mqtt[{i}]"))?;
+        }
+        Ok(())
+    }
+}
+
+/// What a source is doing right now, as `/api/status` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceState {
+    /// Source kind: `serial`, `obd`, `mqtt`, `sim`.
+    pub kind: &'static str,
+    /// `starting`, `running`, `waiting` (device absent / broker down), `stopped`.
+    pub state: String,
+    /// Frames this source journaled in this run.
+    pub frames: u64,
+    /// Input it rejected in this run.
+    pub invalid: u64,
+    /// Last error, if any.
+    pub last_error: Option<String>,
+}
+
+/// Status slots of all sources, shared between the sources and the API.
+#[derive(Clone, Default)]
+pub struct SourceStates(Arc<Mutex<BTreeMap<String, SourceState>>>);
+
+impl SourceStates {
+    /// Register a source and get its slot.
+    pub fn register(&self, name: &str, kind: &'static str) -> SourceSlot {
+        self.lock().insert(
+            name.to_string(),
+            SourceState {
+                kind,
+                state: "starting".into(),
+                frames: 0,
+                invalid: 0,
+                last_error: None,
+            },
+        );
+        SourceSlot {
+            states: self.clone(),
+            name: name.to_string(),
+        }
+    }
+
+    /// A copy of every source's state.
+    pub fn snapshot(&self) -> BTreeMap<String, SourceState> {
+        self.lock().clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, SourceState>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// One source's handle on its status entry.
+#[derive(Clone)]
+pub struct SourceSlot {
+    states: SourceStates,
+    name: String,
+}
+
+impl SourceSlot {
+    /// Change the state word (and optionally the last error).
+    pub fn set_state(&self, state: &str, error: Option<String>) {
+        if let Some(s) = self.states.lock().get_mut(&self.name) {
+            s.state = state.to_string();
+            if error.is_some() {
+                s.last_error = error;
+            }
+        }
+    }
+
+    /// Count `n` journaled frames.
+    pub fn add_frames(&self, n: u64) {
+        if let Some(s) = self.states.lock().get_mut(&self.name) {
+            s.frames += n;
+        }
+    }
+
+    /// Count one rejected input.
+    pub fn add_invalid(&self) {
+        if let Some(s) = self.states.lock().get_mut(&self.name) {
+            s.invalid += 1;
+        }
+    }
+}
