@@ -111,11 +111,14 @@ pub fn generate_key() -> String {
     format!("fg_{}", hex(&raw))
 }
 
+/// Keys held in memory only: (SHA-256 of the key, its info).
+type EphemeralKeys = Arc<RwLock<Vec<([u8; 32], KeyInfo)>>>;
+
 /// The key store: persistent keys in sled plus ephemeral ones (e.g. demo's printed key).
 #[derive(Clone)]
 pub struct KeyStore {
     tree: Option<sled::Tree>,
-    ephemeral: Arc<RwLock<Vec<([u8; 32], KeyInfo)>>>,
+    ephemeral: EphemeralKeys,
 }
 
 impl KeyStore {

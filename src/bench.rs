@@ -4,8 +4,8 @@ use anyhow::Context;
 use clap::Subcommand;
 use fieldgate::frame::Frame;
 use fieldgate::journal::{Journal, JournalConfig};
+use fieldgate::source::sim::synthetic_frame;
 use fieldgate::units::{ByteSize, Positive};
-use serde_json::json;
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -37,50 +37,6 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 200)]
         batch: u64,
     },
-}
-
-/// A bench frame: realistic vehicle telemetry (varying numbers, no padding tricks), about
-/// `payload_bytes` of JSON, carrying its own index `n` for integrity checks.
-pub fn bench_frame(n: u64, payload_bytes: usize) -> Frame {
-    let mut x = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut next = move |scale: f64| {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        (x % 1_000_000) as f64 / 1_000_000.0 * scale
-    };
-    let r = |v: f64, places: i32| (v * 10f64.powi(places)).round() / 10f64.powi(places);
-    let mut payload = json!({"n": n});
-    let fields: [(&str, f64, f64, i32); 14] = [
-        ("lat", 53.5, 0.05, 6),
-        ("lon", 9.9, 0.1, 6),
-        ("alt_m", 5.0, 40.0, 1),
-        ("speed_kmh", 0.0, 90.0, 1),
-        ("course_deg", 0.0, 360.0, 1),
-        ("rpm", 700.0, 3000.0, 0),
-        ("coolant_c", 80.0, 15.0, 1),
-        ("intake_c", 15.0, 20.0, 1),
-        ("maf_gs", 2.0, 30.0, 2),
-        ("throttle_pct", 10.0, 60.0, 1),
-        ("fuel_pct", 20.0, 70.0, 1),
-        ("battery_v", 13.6, 0.8, 2),
-        ("hdop", 0.6, 1.5, 1),
-        ("odometer_km", 120_000.0, 500.0, 1),
-    ];
-    for (name, base, span, places) in fields {
-        if payload.to_string().len() >= payload_bytes {
-            break;
-        }
-        payload[name] = json!(r(base + next(span), places));
-    }
-    let mut i = 0;
-    while payload.to_string().len() + 12 < payload_bytes {
-        payload[format!("aux{i}")] = json!(r(next(1000.0), 3));
-        i += 1;
-    }
-    let mut f = Frame::new("bench", "bench", "dev0", "json", payload);
-    f.vehicle = Some("van-01".into());
-    f
 }
 
 /// Bytes this process has caused to be written to storage (`/proc/self/io` write_bytes).
@@ -127,9 +83,11 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
             if report {
                 return report_loop(&journal, frames, payload_bytes, batch.max(1));
             }
-            let encoded = bench_frame(0, payload_bytes).encode().len() as u64 + 8;
+            let encoded = synthetic_frame(0, payload_bytes).encode().len() as u64 + 8;
             // Frames are built before the clock starts: we time the journal, not serde_json.
-            let input: Vec<Frame> = (0..frames).map(|n| bench_frame(n, payload_bytes)).collect();
+            let input: Vec<Frame> = (0..frames)
+                .map(|n| synthetic_frame(n, payload_bytes))
+                .collect();
             let io0 = write_bytes();
             let t0 = Instant::now();
             let mut last = 0;
@@ -181,11 +139,12 @@ fn report_loop(
     batch: u64,
 ) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
+    writeln!(out, "start {}", journal.last_seq() + 1)?;
     let mut n = 0u64;
     while frames == 0 || n < frames {
         let mut last = 0;
         for _ in 0..batch {
-            last = journal.append(bench_frame(n, payload_bytes))?;
+            last = journal.append(synthetic_frame(n, payload_bytes))?;
             n += 1;
         }
         writeln!(out, "issued {last}")?;

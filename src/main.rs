@@ -167,6 +167,8 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // One TLS provider for the whole binary (MQTT and MongoDB both use rustls).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     match real_main(cli) {
         Ok(code) => code,
         Err(e) => {

@@ -7,7 +7,8 @@ use crate::api::{self, AppState};
 use crate::auth::KeyStore;
 use crate::config::Config;
 use crate::journal::Journal;
-use crate::source::{sim, SourceStates};
+use crate::sink::SinkStates;
+use crate::source::{sim, SourceCtx, SourceStates};
 use anyhow::Context;
 use std::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -54,25 +55,35 @@ pub async fn run(cfg: Config, opts: RunOptions) -> anyhow::Result<()> {
         keys.add_ephemeral(k, "demo", &crate::auth::Scope::ALL);
     }
     let sources = SourceStates::default();
+    let sinks = SinkStates::default();
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
 
     let gateway = cfg.gateway.id.clone();
+    let ctx = |name: &str, kind: &'static str| SourceCtx {
+        gateway: gateway.clone(),
+        journal: journal.clone(),
+        slot: sources.register(name, kind),
+        shutdown: shutdown.clone(),
+    };
     for s in cfg.sources.sim.iter().cloned() {
-        let slot = sources.register(&s.name, "sim");
-        tasks.spawn(sim::run(
-            s,
-            gateway.clone(),
-            journal.clone(),
-            slot,
-            shutdown.clone(),
-        ));
+        tasks.spawn(sim::run(s.clone(), ctx(&s.name, "sim")));
     }
-    if !cfg.sources.obd.is_empty() || !cfg.sources.mqtt.is_empty() || cfg.mongo.is_some() {
-        anyhow::bail!(
-            "this build does not run [[sources.obd]], [[sources.mqtt]] or [mongo] yet; \
-             remove them from the config"
-        );
+    // [serial sources]
+    if !cfg.sources.serial.is_empty() {
+        anyhow::bail!("[[sources.serial]] is not supported by this build yet");
+    }
+    // [obd sources]
+    if !cfg.sources.obd.is_empty() {
+        anyhow::bail!("[[sources.obd]] is not supported by this build yet");
+    }
+    // [mqtt sources]
+    if !cfg.sources.mqtt.is_empty() {
+        anyhow::bail!("[[sources.mqtt]] is not supported by this build yet");
+    }
+    // [mongo sink]
+    if cfg.mongo.is_some() {
+        anyhow::bail!("[mongo] is not supported by this build yet");
     }
 
     let state = AppState {
@@ -80,6 +91,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> anyhow::Result<()> {
         journal: journal.clone(),
         keys,
         sources,
+        sinks,
         started,
     };
     let listener = tokio::net::TcpListener::bind(cfg.listen.address)

@@ -6,6 +6,7 @@
 
 use crate::auth::{KeyInfo, KeyStore, Scope};
 use crate::journal::Journal;
+use crate::sink::SinkStates;
 use crate::source::SourceStates;
 use axum::extract::{FromRequestParts, State};
 use axum::http::{request::Parts, StatusCode};
@@ -44,6 +45,8 @@ pub struct AppState {
     pub keys: KeyStore,
     /// Source status slots.
     pub sources: SourceStates,
+    /// Sink status slots.
+    pub sinks: SinkStates,
     /// When the service started.
     pub started: Instant,
 }
@@ -157,7 +160,7 @@ async fn status(auth: Auth, State(st): State<AppState>) -> Result<Json<Value>, A
         "uptime_s": st.started.elapsed().as_secs(),
         "journal": st.journal.stats(),
         "sources": st.sources.snapshot(),
-        "sinks": {},
+        "sinks": st.sinks.snapshot(),
     })))
 }
 

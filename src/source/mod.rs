@@ -7,17 +7,36 @@ pub mod framing;
 pub mod mqtt;
 pub mod nmea;
 pub mod obd;
+pub mod serial;
 pub mod sim;
 
 use crate::config::ConfigError;
+use crate::journal::Journal;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+use tokio_util::sync::CancellationToken;
+
+/// What every source task is given: where frames go, its status slot, when to stop.
+#[derive(Clone)]
+pub struct SourceCtx {
+    /// Gateway id for the frames.
+    pub gateway: String,
+    /// The journal frames are appended to.
+    pub journal: Journal,
+    /// This source's status entry.
+    pub slot: SourceSlot,
+    /// Fires on shutdown; the task returns soon after.
+    pub shutdown: CancellationToken,
+}
 
 /// `[sources]`: every configured source, by kind.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourcesConfig {
+    /// Serial ports.
+    #[serde(default)]
+    pub serial: Vec<serial::SerialConfig>,
     /// ELM327 OBD-II adapters.
     #[serde(default)]
     pub obd: Vec<obd::ObdConfig>,
@@ -33,6 +52,9 @@ impl SourcesConfig {
     /// `(key path, name)` of every source, for uniqueness checks.
     pub fn names(&self) -> Vec<(String, String)> {
         let mut out = Vec::new();
+        for (i, s) in self.serial.iter().enumerate() {
+            out.push((format!("sources.serial[{i}]"), s.name.clone()));
+        }
         for (i, s) in self.obd.iter().enumerate() {
             out.push((format!("sources.obd[{i}]"), s.name.clone()));
         }
@@ -47,6 +69,9 @@ impl SourcesConfig {
 
     /// Per-source checks.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        for (i, s) in self.serial.iter().enumerate() {
+            s.validate(&format!("sources.serial[{i}]"))?;
+        }
         for (i, s) in self.obd.iter().enumerate() {
             s.validate(&format!("sources.obd[{i}]"))?;
         }
