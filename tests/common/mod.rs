@@ -2,6 +2,10 @@
 //! loopback port, with a temporary data directory.
 #![allow(dead_code)]
 
+pub mod mongo;
+pub mod mqtt;
+pub mod serial;
+
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

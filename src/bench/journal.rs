@@ -1,7 +1,7 @@
-//! `fieldgate bench ...`: measurements that print numbers (README quotes them).
+//! `fieldgate bench journal`: durable append throughput and disk bytes per frame.
 
 use anyhow::Context;
-use clap::Subcommand;
+use clap::Args;
 use fieldgate::frame::Frame;
 use fieldgate::journal::{Journal, JournalConfig};
 use fieldgate::source::sim::synthetic_frame;
@@ -10,33 +10,30 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
-/// Benchmarks.
-#[derive(Subcommand)]
-pub enum BenchCmd {
-    /// Durable append throughput and disk bytes written per frame.
-    Journal {
-        /// Frames to append (0 with --report: until killed).
-        #[arg(long, default_value_t = 200_000)]
-        frames: u64,
-        /// Approximate JSON payload size, bytes.
-        #[arg(long, default_value_t = 200)]
-        payload_bytes: usize,
-        /// Journal directory (default: a fresh temporary one).
-        #[arg(long)]
-        data: Option<PathBuf>,
-        /// Group-commit window, ms.
-        #[arg(long, default_value_t = 20)]
-        flush_ms: u64,
-        /// Journal byte cap.
-        #[arg(long, default_value = "4GiB")]
-        max_bytes: String,
-        /// Print `issued N` / `durable N` every --batch frames (the crash test uses this).
-        #[arg(long)]
-        report: bool,
-        /// Frames between durability waits in --report mode.
-        #[arg(long, default_value_t = 200)]
-        batch: u64,
-    },
+/// Arguments of `bench journal`.
+#[derive(Args)]
+pub struct JournalArgs {
+    /// Frames to append (0 with --report: until killed).
+    #[arg(long, default_value_t = 200_000)]
+    frames: u64,
+    /// Approximate JSON payload size, bytes.
+    #[arg(long, default_value_t = 200)]
+    payload_bytes: usize,
+    /// Journal directory (default: a fresh temporary one).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Group-commit window, ms.
+    #[arg(long, default_value_t = 20)]
+    flush_ms: u64,
+    /// Journal byte cap.
+    #[arg(long, default_value = "4GiB")]
+    max_bytes: String,
+    /// Print `issued N` / `durable N` every --batch frames (the crash test uses this).
+    #[arg(long)]
+    report: bool,
+    /// Frames between durability waits in --report mode.
+    #[arg(long, default_value_t = 200)]
+    batch: u64,
 }
 
 /// Bytes this process has caused to be written to storage (`/proc/self/io` write_bytes).
@@ -51,18 +48,19 @@ fn write_bytes() -> u64 {
         .unwrap_or(0)
 }
 
-/// Run a benchmark.
-pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
-    match cmd {
-        BenchCmd::Journal {
-            frames,
-            payload_bytes,
-            data,
-            flush_ms,
-            max_bytes,
-            report,
-            batch,
-        } => {
+/// Run `bench journal`.
+pub fn run(args: JournalArgs) -> anyhow::Result<()> {
+    let JournalArgs {
+        frames,
+        payload_bytes,
+        data,
+        flush_ms,
+        max_bytes,
+        report,
+        batch,
+    } = args;
+    {
+        {
             let tmp;
             let path = match data {
                 Some(p) => p,

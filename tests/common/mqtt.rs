@@ -1,0 +1,1 @@
+//! Test helpers for the mqtt tests (see mod.rs).

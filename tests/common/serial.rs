@@ -1,0 +1,1 @@
+//! Test helpers for the serial tests (see mod.rs).
