@@ -42,6 +42,9 @@ enum Cmd {
         /// API key to accept (one is generated and printed when absent).
         #[arg(long, env = "FIELDGATE_API_KEY")]
         api_key: Option<String>,
+        /// Sync the simulated vehicle to this MongoDB server.
+        #[arg(long)]
+        mongo_uri: Option<String>,
     },
     /// Validate a config file: exit 0, or name the bad key and why.
     CheckConfig {
@@ -154,6 +157,7 @@ fn demo_config(listen: SocketAddr, data: PathBuf) -> Config {
     };
     cfg.listen.address = listen;
     cfg.sources.sim.push(SimConfig::default());
+    // [demo sources]
     cfg
 }
 
@@ -206,9 +210,13 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             listen,
             data,
             api_key,
+            mongo_uri,
         } => {
             init_logging("info");
             let mut cfg = demo_config(listen, data);
+            if let Some(uri) = mongo_uri {
+                cfg.mongo = Some(fieldgate::sink::mongo::MongoConfig::with_uri(uri));
+            }
             cfg.apply_env(|k| std::env::var(k).ok())?;
             let key = api_key.unwrap_or_else(fieldgate::auth::generate_key);
             let mut out = std::io::stdout();
