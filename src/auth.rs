@@ -215,9 +215,70 @@ impl KeyStore {
     }
 }
 
+/// Failed attempts from one address within [`THROTTLE_WINDOW`] before it is refused.
+pub const THROTTLE_LIMIT: u32 = 10;
+/// The window over which failures are counted.
+pub const THROTTLE_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Per-address throttling of repeated authentication failures.
+#[derive(Clone, Default)]
+pub struct Throttle(Arc<std::sync::Mutex<Failures>>);
+
+/// Failure count and window start per address.
+type Failures = std::collections::HashMap<std::net::IpAddr, (u32, std::time::Instant)>;
+
+impl Throttle {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Failures> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether `ip` is currently refused; returns the seconds until it may retry.
+    pub fn blocked(&self, ip: std::net::IpAddr) -> Option<u64> {
+        let map = self.lock();
+        let (n, since) = map.get(&ip)?;
+        let left = THROTTLE_WINDOW.checked_sub(since.elapsed())?;
+        (*n >= THROTTLE_LIMIT).then(|| left.as_secs() + 1)
+    }
+
+    /// Record a failure from `ip`; returns the failure count in the current window.
+    pub fn fail(&self, ip: std::net::IpAddr) -> u32 {
+        let mut map = self.lock();
+        if map.len() > 10_000 {
+            map.retain(|_, (_, t)| t.elapsed() < THROTTLE_WINDOW);
+        }
+        let e = map.entry(ip).or_insert((0, std::time::Instant::now()));
+        if e.1.elapsed() >= THROTTLE_WINDOW {
+            *e = (0, std::time::Instant::now());
+        }
+        e.0 += 1;
+        e.0
+    }
+
+    /// Total addresses currently refused.
+    pub fn blocked_count(&self) -> usize {
+        self.lock()
+            .values()
+            .filter(|(n, t)| *n >= THROTTLE_LIMIT && t.elapsed() < THROTTLE_WINDOW)
+            .count()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn throttle_blocks_after_limit() {
+        let t = Throttle::default();
+        let ip: std::net::IpAddr = [127, 0, 0, 9].into();
+        for _ in 0..THROTTLE_LIMIT - 1 {
+            t.fail(ip);
+        }
+        assert!(t.blocked(ip).is_none());
+        t.fail(ip);
+        assert!(t.blocked(ip).is_some());
+        assert!(t.blocked([127, 0, 0, 8].into()).is_none());
+    }
 
     #[test]
     fn add_verify_revoke() {

@@ -130,6 +130,7 @@ impl Journal {
         let cursors = db.open_tree("cursors")?;
         let meta = db.open_tree("meta")?;
         let counters = Counters::default();
+        counters.beat();
         counters.scan(&frames)?;
         counters
             .evicted
@@ -269,6 +270,19 @@ impl Journal {
     /// The highest seq issued so far.
     pub fn last_seq(&self) -> u64 {
         self.inner.counters.last_seq.load(SeqCst)
+    }
+
+    /// Time since the journal writer last showed progress (it turns at least once a second).
+    pub fn heartbeat_age(&self) -> Duration {
+        let beat = self.inner.counters.heartbeat_ms.load(Relaxed);
+        let now = crate::frame::now_ms().max(0) as u64;
+        Duration::from_millis(now.saturating_sub(beat))
+    }
+
+    /// Test hook: hold the writer lock, wedging appends and the flusher until dropped.
+    #[cfg(test)]
+    pub(crate) fn wedge(&self) -> MutexGuard<'_, impl Sized> {
+        lock(&self.inner.write)
     }
 
     /// A receiver of every frame appended from now on, in seq order.

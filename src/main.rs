@@ -1,6 +1,7 @@
 //! The `fieldgate` command line: run, demo, check-config, keys, journal, bench.
 
 mod bench;
+mod tail;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -65,6 +66,8 @@ enum Cmd {
         #[command(flatten)]
         at: JournalAt,
     },
+    /// Watch live frames from a gateway (filters, backfill, JSON lines).
+    Tail(tail::TailArgs),
     /// Measure performance; prints numbers.
     Bench {
         #[command(subcommand)]
@@ -157,6 +160,12 @@ fn demo_config(listen: SocketAddr, data: PathBuf) -> Config {
     };
     cfg.listen.address = listen;
     cfg.sources.sim.push(SimConfig::default());
+    // The simulated vehicle speaks NMEA and ELM327 on pseudo-terminals, published as links
+    // in a per-run directory; the serial and OBD sources read them like real devices.
+    let links = std::env::temp_dir().join(format!("fieldgate-demo-{}", std::process::id()));
+    if let Err(e) = fieldgate::source::sim_devices::wire_demo(&mut cfg.sources, &links) {
+        tracing::warn!(error = %e, "demo falls back to the in-process simulator");
+    }
     // [demo sources]
     cfg
 }
@@ -299,6 +308,10 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             out.flush()?;
             journal.close()?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Tail(args) => {
+            runtime()?.block_on(tail::run(args))?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Bench { cmd } => bench::run(cmd).map(|_| ExitCode::SUCCESS),

@@ -4,7 +4,8 @@
 //! then the listener drains, then the journal flushes and records a clean close.
 
 use crate::api::{self, AppState};
-use crate::auth::KeyStore;
+use crate::auth::{KeyStore, Throttle};
+use crate::relay::hub::{CommandRoutes, Hub};
 use crate::config::Config;
 use crate::journal::Journal;
 use crate::sink::SinkStates;
@@ -58,6 +59,8 @@ pub async fn run(cfg: Config, opts: RunOptions) -> anyhow::Result<()> {
     let sinks = SinkStates::default();
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
+    let commands = CommandRoutes::default();
+    let hub = Hub::spawn(&journal, commands.clone(), shutdown.clone());
 
     let gateway = cfg.gateway.id.clone();
     let ctx = |name: &str, kind: &'static str| SourceCtx {
@@ -65,33 +68,48 @@ pub async fn run(cfg: Config, opts: RunOptions) -> anyhow::Result<()> {
         journal: journal.clone(),
         slot: sources.register(name, kind),
         shutdown: shutdown.clone(),
+        commands: commands.clone(),
     };
     for s in cfg.sources.sim.iter().cloned() {
         tasks.spawn(sim::run(s.clone(), ctx(&s.name, "sim")));
     }
     // [serial sources]
-    if !cfg.sources.serial.is_empty() {
-        anyhow::bail!("[[sources.serial]] is not supported by this build yet");
+    for s in cfg.sources.serial.iter().cloned() {
+        let ctx = ctx(&s.name, "serial");
+        tasks.spawn(crate::source::serial::run(s, ctx));
     }
     // [obd sources]
-    if !cfg.sources.obd.is_empty() {
-        anyhow::bail!("[[sources.obd]] is not supported by this build yet");
+    for s in cfg.sources.obd.iter().cloned() {
+        let ctx = ctx(&s.name, "obd");
+        tasks.spawn(crate::source::obd::run(s, ctx));
     }
     // [mqtt sources]
-    if !cfg.sources.mqtt.is_empty() {
-        anyhow::bail!("[[sources.mqtt]] is not supported by this build yet");
+    for s in cfg.sources.mqtt.iter().cloned() {
+        let c = ctx(&s.name, "mqtt");
+        tasks.spawn(crate::source::mqtt::run(s, c));
     }
     // [mongo sink]
-    if cfg.mongo.is_some() {
-        anyhow::bail!("[mongo] is not supported by this build yet");
+    if let Some(m) = &cfg.mongo {
+        let slot = sinks.register("mongo");
+        tasks.spawn(crate::sink::mongo::run(
+            m.clone(),
+            gateway.clone(),
+            journal.clone(),
+            slot,
+            shutdown.clone(),
+        ));
     }
 
+    let sinks_view = sinks.clone();
     let state = AppState {
         gateway: gateway.clone(),
         journal: journal.clone(),
         keys,
+        throttle: Throttle::default(),
         sources,
         sinks,
+        hub,
+        shutdown: shutdown.clone(),
         started,
     };
     let listener = tokio::net::TcpListener::bind(cfg.listen.address)
@@ -108,7 +126,14 @@ pub async fn run(cfg: Config, opts: RunOptions) -> anyhow::Result<()> {
         .await
     });
 
+    crate::notify::ready(&format!("serving on {}", cfg.listen.address));
+    tokio::spawn(crate::notify::watchdog(
+        journal.clone(),
+        sinks_view,
+        shutdown.clone(),
+    ));
     shutdown_signal().await;
+    crate::notify::stopping();
     tracing::info!("shutting down: stopping sources, flushing the journal");
     shutdown.cancel();
     tasks.close();

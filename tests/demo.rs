@@ -87,3 +87,34 @@ fn corrupt_journal_is_quarantined_and_service_runs() {
     assert!(gw.log().contains("quarantined"));
     assert!(gw.stop().success());
 }
+
+#[test]
+fn systemd_notify_ready_watchdog_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).expect("bind");
+    sock.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    let sock_s = sock_path.to_string_lossy().to_string();
+    let gw = Gateway::demo_env(
+        &dir.path().join("journal"),
+        &[],
+        &[("NOTIFY_SOCKET", &sock_s), ("WATCHDOG_USEC", "400000")],
+    );
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    while !(seen.contains("READY=1") && seen.matches("WATCHDOG=1").count() >= 3) {
+        let n = sock.recv(&mut buf).expect("notification within 20 s");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        seen.push('\n');
+    }
+    assert!(seen.contains("STATUS="), "{seen}");
+    let mut child = gw;
+    common::signal(&child.child, libc::SIGTERM);
+    while !seen.contains("STOPPING=1") {
+        let n = sock.recv(&mut buf).expect("STOPPING within 20 s");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    let st = common::wait_exit(&mut child.child, Duration::from_secs(15)).expect("exit");
+    assert!(st.success());
+}

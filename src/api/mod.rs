@@ -1,22 +1,35 @@
-//! The HTTP API: one axum listener serving status and the REST routes.
+//! The HTTP API: one axum listener serving WebSocket, REST, metrics and the dashboard.
 //!
 //! Routes are assembled in [`router`], read top to bottom. Auth is an extractor
-//! ([`Auth`]) that resolves the presented key once; handlers state the scope they need.
-//! Every error is the same JSON shape, produced by [`ApiError`]'s `IntoResponse`.
+//! ([`Auth`]) that resolves the presented key once (with per-address throttling of
+//! failures); handlers state the scope they need. Every error is the same JSON shape,
+//! produced by [`ApiError`]'s `IntoResponse`; bodies go through [`ApiJson`], which rejects
+//! unknown fields and names the field at fault.
 
-use crate::auth::{KeyInfo, KeyStore, Scope};
+mod frames;
+mod live;
+mod registry;
+
+use crate::auth::{KeyInfo, KeyStore, Scope, Throttle};
 use crate::journal::Journal;
+use crate::relay::hub::Hub;
 use crate::sink::SinkStates;
 use crate::source::SourceStates;
-use axum::extract::{FromRequestParts, State};
-use axum::http::{request::Parts, StatusCode};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request, State};
+use axum::http::{header, request::Parts, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Largest accepted request body.
+pub const BODY_LIMIT: usize = 64 * 1024;
 
 /// `[listen]` section.
 #[derive(Debug, Clone, Deserialize)]
@@ -43,10 +56,16 @@ pub struct AppState {
     pub journal: Journal,
     /// API keys.
     pub keys: KeyStore,
+    /// Failed-auth throttling.
+    pub throttle: Throttle,
     /// Source status slots.
     pub sources: SourceStates,
     /// Sink status slots.
     pub sinks: SinkStates,
+    /// The live hub.
+    pub hub: Arc<Hub>,
+    /// Fires on shutdown (ends WebSocket sessions).
+    pub shutdown: CancellationToken,
     /// When the service started.
     pub started: Instant,
 }
@@ -67,6 +86,26 @@ impl ApiError {
             code,
             message: message.into(),
         }
+    }
+
+    /// 400 with a message naming the field.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid", message)
+    }
+
+    /// 404.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    /// 500 for storage failures (details logged, not leaked).
+    pub fn internal(e: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %e, "API storage error");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "storage error; see the gateway log",
+        )
     }
 }
 
@@ -97,10 +136,27 @@ pub fn presented_key(parts: &Parts) -> Option<String> {
     })
 }
 
+/// The peer address of a request (loopback if unknown, e.g. in unit tests).
+pub fn peer(parts: &Parts) -> SocketAddr {
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0)
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)))
+}
+
 impl FromRequestParts<AppState> for Auth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let ip = peer(parts).ip();
+        if let Some(retry) = state.throttle.blocked(ip) {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "throttled",
+                format!("too many failed attempts from {ip}; retry in {retry} s"),
+            ));
+        }
         let key = presented_key(parts).ok_or_else(|| {
             ApiError::new(
                 StatusCode::UNAUTHORIZED,
@@ -109,6 +165,11 @@ impl FromRequestParts<AppState> for Auth {
             )
         })?;
         state.keys.verify(&key).map(Auth).ok_or_else(|| {
+            // Only wrong keys count towards throttling: they are what a guesser sends.
+            let n = state.throttle.fail(ip);
+            if n <= 3 || n.is_power_of_two() {
+                tracing::warn!(%ip, failures = n, path = %parts.uri.path(), "unknown API key");
+            }
             ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "unknown API key")
         })
     }
@@ -123,8 +184,54 @@ impl Auth {
             Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "forbidden",
-                format!("this key lacks the {scope:?} scope").to_lowercase(),
+                format!("this key lacks the {scope} scope"),
             ))
+        }
+    }
+}
+
+/// A JSON body: size-limited, unknown fields rejected, errors naming the field.
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let json_type = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json"));
+        if !json_type {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "expected Content-Type: application/json",
+            ));
+        }
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| {
+                let status = e.status();
+                let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                    "too_large"
+                } else {
+                    "bad_body"
+                };
+                ApiError::new(status, code, format!("{e} (limit {BODY_LIMIT} bytes)"))
+            })?;
+        let mut de = serde_json::Deserializer::from_slice(&bytes);
+        match serde_path_to_error::deserialize(&mut de) {
+            Ok(v) => Ok(ApiJson(v)),
+            Err(e) => {
+                let path = e.path().to_string();
+                let inner = e.into_inner();
+                Err(ApiError::invalid(if path == "." {
+                    inner.to_string()
+                } else {
+                    format!("{path}: {inner}")
+                }))
+            }
         }
     }
 }
@@ -132,10 +239,19 @@ impl Auth {
 /// All routes.
 pub fn router(state: AppState) -> Router {
     Router::new()
+        .route("/", get(live::root))
+        .route("/ws", get(live::ws))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .route("/api/status", get(status))
         .route("/api/user", get(user))
+        .route("/api/connections", get(connections))
+        .route("/api/frames", get(frames::query))
+        .merge(registry::routes::<registry::Device>("/api/devices"))
+        .merge(registry::routes::<registry::Vehicle>("/api/vehicles"))
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
 }
 
@@ -143,15 +259,21 @@ async fn healthz() -> Json<Value> {
     Json(json!({"ok": true}))
 }
 
-async fn readyz(State(st): State<AppState>) -> Result<Json<Value>, ApiError> {
-    // Ready when the journal's flusher keeps up: the durable seq trails by at most a window.
+/// Ready when the journal is open and committing.
+async fn readyz(State(st): State<AppState>) -> Response {
     let stats = st.journal.stats();
-    Ok(Json(
-        json!({"ready": true, "durable_seq": stats.durable_seq}),
-    ))
+    let behind = stats.last_seq.saturating_sub(stats.durable_seq);
+    let ready = behind < 1_000_000;
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(json!({"ready": ready, "durable_seq": stats.durable_seq, "not_yet_durable": behind})))
+        .into_response()
 }
 
-/// `GET /api/status`: journal, sources, uptime.
+/// `GET /api/status`: journal, sources, sinks, uptime.
 async fn status(auth: Auth, State(st): State<AppState>) -> Result<Json<Value>, ApiError> {
     auth.require(Scope::Read)?;
     Ok(Json(json!({
@@ -161,10 +283,32 @@ async fn status(auth: Auth, State(st): State<AppState>) -> Result<Json<Value>, A
         "journal": st.journal.stats(),
         "sources": st.sources.snapshot(),
         "sinks": st.sinks.snapshot(),
+        "clients": st.hub.clients().len(),
     })))
 }
 
 /// `GET /api/user`: who the presented key belongs to.
 async fn user(auth: Auth) -> Json<Value> {
     Json(json!({"name": auth.0.name, "id": auth.0.id, "scopes": auth.0.scopes}))
+}
+
+/// `GET /api/connections`: WebSocket clients, sources, sinks.
+async fn connections(auth: Auth, State(st): State<AppState>) -> Result<Json<Value>, ApiError> {
+    auth.require(Scope::Read)?;
+    Ok(Json(json!({
+        "clients": st.hub.clients(),
+        "sources": st.sources.snapshot(),
+        "sinks": st.sinks.snapshot(),
+    })))
+}
+
+/// `GET /metrics`: Prometheus text.
+async fn metrics(auth: Auth, State(st): State<AppState>) -> Result<Response, ApiError> {
+    auth.require(Scope::Read)?;
+    let body = crate::metrics::render(&st);
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        body,
+    )
+        .into_response())
 }

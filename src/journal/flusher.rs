@@ -40,6 +40,7 @@ impl Inner {
         let mut failing_since: Option<Instant> = None;
         loop {
             self.wait_for_work();
+            self.counters.beat();
             let started = Instant::now();
             let retention = last_retention.elapsed() >= RETENTION_EVERY;
             if retention {

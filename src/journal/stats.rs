@@ -25,6 +25,8 @@ pub(super) struct Counters {
     pub pruned: AtomicU64,
     pub decode_errors: AtomicU64,
     pub flushes: AtomicU64,
+    /// Unix ms of the flusher's last loop turn (the watchdog's view of the writer).
+    pub heartbeat_ms: AtomicU64,
     pub appended_total: AtomicU64,
     flush_failing: AtomicBool,
     evict_log: Mutex<Option<(Instant, u64)>>,
@@ -94,6 +96,12 @@ impl Counters {
         self.frames.fetch_add(n, Relaxed);
         self.appended_total.fetch_add(n, Relaxed);
         self.last_seq.store(last, SeqCst);
+    }
+
+    /// The flusher is alive.
+    pub fn beat(&self) {
+        self.heartbeat_ms
+            .store(crate::frame::now_ms().max(0) as u64, Relaxed);
     }
 
     /// A commit wrote `bytes` of chunks.

@@ -1,9 +1,29 @@
-//! MongoDB sink configuration (`[mongo]`); the sync worker itself follows DESIGN.md §5.
+//! The MongoDB sink (DESIGN.md §5): store-and-forward of the journal to MongoDB.
+//!
+//! The uplink comes and goes, so this sink never drops and never duplicates: it reads the
+//! journal from its own cursor, writes batches with `insert_many` (`ordered = false`,
+//! `_id = "<gateway>:<seq>"`, so a replay lands on the same documents and a duplicate-key
+//! error means "already there"), and advances the cursor only after the server acknowledged.
+//! Failures are retried with capped exponential backoff; being offline is a status, logged
+//! once on entering and once on leaving. The device and vehicle registries are mirrored
+//! alongside (see `registry`).
+
+mod client;
+mod frames;
+mod health;
+mod registry;
 
 use crate::config::ConfigError;
+use crate::journal::Journal;
+use crate::sink::SinkSlot;
 use crate::units::{HumanDuration, Positive};
+use health::Health;
+use mongodb::options::WriteConcern;
 use serde::Deserialize;
+use std::sync::Arc;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// `[mongo]` section.
 #[derive(Debug, Clone, Deserialize)]
@@ -75,12 +95,75 @@ impl MongoConfig {
             ));
         }
         let wc = self.write_concern.as_str();
-        if wc != "majority" && wc.parse::<u32>().is_err() {
+        if wc != "majority" && !wc.parse::<u32>().is_ok_and(|n| n > 0) {
             return Err(ConfigError::invalid(
                 format!("{key}.write_concern"),
-                format!("expected \"majority\" or a node count, got {wc:?}"),
+                format!(
+                    "expected \"majority\" or a node count of at least 1 \
+                     (0 would not wait for the server to acknowledge), got {wc:?}"
+                ),
             ));
         }
         Ok(())
     }
+
+    /// The configured write concern (`validate` has checked it; anything else is majority).
+    pub fn write_concern(&self) -> WriteConcern {
+        match self.write_concern.parse::<u32>() {
+            Ok(n) if n > 0 => WriteConcern::nodes(n),
+            _ => WriteConcern::majority(),
+        }
+    }
+}
+
+/// Run the sink until `shutdown`: mirror the registries and sync the journal to MongoDB.
+///
+/// Never returns early on a MongoDB problem; the status slot says what is going on.
+pub async fn run(
+    cfg: MongoConfig,
+    gateway: String,
+    journal: Journal,
+    slot: SinkSlot,
+    shutdown: CancellationToken,
+) {
+    let span = tracing::info_span!("mongo_sink", gateway = %gateway, database = %cfg.database);
+    run_inner(cfg, journal, slot, shutdown)
+        .instrument(span)
+        .await
+}
+
+async fn run_inner(
+    cfg: MongoConfig,
+    journal: Journal,
+    slot: SinkSlot,
+    shutdown: CancellationToken,
+) {
+    // Registering the cursor first makes retention wait for us even while offline.
+    let cursor = journal.cursor("mongo");
+    let health = Arc::new(Health::new(slot, journal.clone(), cursor.acked()));
+    let Some(client) = client::connect_until_ok(&cfg, &health, &shutdown).await else {
+        health.stopped();
+        return;
+    };
+    let db = client.database(&cfg.database);
+    // Helpers stop with the gateway, or when the frame loop ends (journal closed).
+    let stop = shutdown.child_token();
+    let refresher =
+        tokio::spawn(health::refresh_loop(Arc::clone(&health), stop.clone()).in_current_span());
+    let mirror = tokio::spawn(
+        registry::mirror(
+            db.clone(),
+            journal.clone(),
+            Arc::clone(&health),
+            cfg.backoff_max.0,
+            stop.clone(),
+        )
+        .in_current_span(),
+    );
+    frames::sync(&cfg, &db, &journal, &cursor, &health, &shutdown).await;
+    stop.cancel();
+    let _ = mirror.await;
+    let _ = refresher.await;
+    health.stopped();
+    client.shutdown().immediate(true).await;
 }

@@ -3,12 +3,16 @@
 //! Each source is one task of (its config, the journal, a shutdown token, its status slot)
 //! that returns when shutdown fires. Sources never talk to sinks or the relay directly.
 
+pub mod elm327;
+pub mod events;
 pub mod framing;
 pub mod mqtt;
 pub mod nmea;
 pub mod obd;
+pub mod port;
 pub mod serial;
 pub mod sim;
+pub mod sim_devices;
 
 use crate::config::ConfigError;
 use crate::journal::Journal;
@@ -28,6 +32,8 @@ pub struct SourceCtx {
     pub slot: SourceSlot,
     /// Fires on shutdown; the task returns soon after.
     pub shutdown: CancellationToken,
+    /// Where a source that can write to its devices registers them for `command`s.
+    pub commands: crate::relay::hub::CommandRoutes,
 }
 
 /// `[sources]`: every configured source, by kind.
@@ -93,6 +99,9 @@ pub struct SourceState {
     pub frames: u64,
     /// Input it rejected in this run.
     pub invalid: u64,
+    /// `invalid` split by reason (`bad_checksum`, `too_long`, `timeout`, ...), for
+    /// `fieldgate_frames_invalid_total{source, reason}`.
+    pub invalid_by_reason: BTreeMap<String, u64>,
     /// Last error, if any.
     pub last_error: Option<String>,
 }
@@ -111,6 +120,7 @@ impl SourceStates {
                 state: "starting".into(),
                 frames: 0,
                 invalid: 0,
+                invalid_by_reason: BTreeMap::new(),
                 last_error: None,
             },
         );
@@ -159,6 +169,14 @@ impl SourceSlot {
     pub fn add_invalid(&self) {
         if let Some(s) = self.states.lock().get_mut(&self.name) {
             s.invalid += 1;
+        }
+    }
+
+    /// Count `n` rejected inputs for `reason` (also added to `invalid`).
+    pub fn add_invalid_reason(&self, reason: &str, n: u64) {
+        if let Some(s) = self.states.lock().get_mut(&self.name) {
+            s.invalid += n;
+            *s.invalid_by_reason.entry(reason.to_string()).or_default() += n;
         }
     }
 }

@@ -1,15 +1,31 @@
-//! MQTT source configuration (`[[sources.mqtt]]`).
+//! MQTT source (`[[sources.mqtt]]`): QoS1 subscriptions acknowledged only after the
+//! journal flush that covers them.
+//!
+//! The pieces: `topic` turns patterns like `fleet/{vehicle}/{device}/{kind}` into
+//! subscriptions and topic parsers and payloads into JSON; `task` drives rumqttc's event
+//! loop (connect, subscribe, reconnect with backoff, append to the journal); `ack` waits
+//! for durability and sends the PUBACKs in order; `tls` builds the rustls config for
+//! `mqtts://`. With `clean_session = false` and a stable `client_id` the broker holds
+//! messages while the gateway is down and redelivers whatever was not acknowledged, so a
+//! crash between journaling and acking yields a duplicate frame, never a lost one.
+
+mod ack;
+mod task;
+mod tls;
+pub mod topic;
 
 use crate::config::ConfigError;
-use crate::units::Positive;
+use crate::units::{ByteSize, Positive};
 use serde::Deserialize;
 use std::path::PathBuf;
+
+pub use task::run;
 
 /// One broker connection and its subscriptions.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MqttConfig {
-    /// Source name (unique).
+    /// Source name (unique); also the device id when a pattern has no `{device}`.
     pub name: String,
     /// `mqtt://host:port` or `mqtts://host:port`.
     pub url: String,
@@ -19,11 +35,21 @@ pub struct MqttConfig {
     pub username: Option<String>,
     /// Optional password.
     pub password: Option<String>,
-    /// CA bundle for `mqtts://`.
+    /// CA bundle for `mqtts://` (default: the system roots).
     pub ca_file: Option<PathBuf>,
-    /// Largest accepted payload, bytes.
+    /// Largest accepted payload, bytes; longer payloads are acked, counted and dropped.
     #[serde(default = "default_max_frame")]
     pub max_frame: Positive,
+    /// Largest MQTT packet read from the broker. A bigger packet cannot be parsed and
+    /// drops the connection, so keep it well above `max_frame` (or cap the broker's
+    /// `message_size_limit` below it).
+    #[serde(default = "default_max_packet")]
+    pub max_packet: ByteSize,
+    /// MQTT keep-alive, seconds.
+    #[serde(default = "default_keep_alive")]
+    pub keep_alive_s: Positive,
+    /// Vehicle id for frames whose pattern has no `{vehicle}`.
+    pub vehicle: Option<String>,
     /// Topic patterns; `{vehicle}`, `{device}`, `{kind}` fill the frame's ids.
     pub subscriptions: Vec<Subscription>,
 }
@@ -42,20 +68,83 @@ pub struct Subscription {
 fn default_max_frame() -> Positive {
     Positive(65_536)
 }
+fn default_max_packet() -> ByteSize {
+    ByteSize(16 << 20)
+}
+fn default_keep_alive() -> Positive {
+    Positive(30)
+}
 fn default_qos() -> u8 {
     1
+}
+
+/// Where to connect, from `url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerAddr {
+    /// `mqtts://`.
+    pub tls: bool,
+    /// Host name or IP (without brackets).
+    pub host: String,
+    /// Port (default 1883, or 8883 for TLS).
+    pub port: u16,
+}
+
+/// Parse `mqtt://host[:port]` / `mqtts://host[:port]`.
+pub fn parse_url(url: &str) -> Result<BrokerAddr, String> {
+    let (tls, rest) = if let Some(r) = url.strip_prefix("mqtts://") {
+        (true, r)
+    } else if let Some(r) = url.strip_prefix("mqtt://") {
+        (false, r)
+    } else {
+        return Err(format!(
+            "expected mqtt://host:port or mqtts://host:port, got {url:?}"
+        ));
+    };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    let default_port = if tls { 8883 } else { 1883 };
+    let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+        let (h, after) = v6
+            .split_once(']')
+            .ok_or_else(|| format!("unclosed '[' in {url:?}"))?;
+        (h, after.strip_prefix(':'))
+    } else {
+        match rest.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (rest, None),
+        }
+    };
+    if host.is_empty() || host.contains('/') {
+        return Err(format!("expected mqtt://host:port, got {url:?}"));
+    }
+    let port = match port {
+        None => default_port,
+        Some(p) => p
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| format!("bad port {p:?} in {url:?}"))?,
+    };
+    Ok(BrokerAddr {
+        tls,
+        host: host.to_string(),
+        port,
+    })
 }
 
 impl MqttConfig {
     /// Checks beyond types; `key` is this entry's path.
     pub fn validate(&self, key: &str) -> Result<(), ConfigError> {
-        if !(self.url.starts_with("mqtt://") || self.url.starts_with("mqtts://")) {
+        parse_url(&self.url).map_err(|m| ConfigError::invalid(format!("{key}.url"), m))?;
+        if self.client_id.is_empty() {
             return Err(ConfigError::invalid(
-                format!("{key}.url"),
-                format!(
-                    "expected mqtt://host:port or mqtts://host:port, got {:?}",
-                    self.url
-                ),
+                format!("{key}.client_id"),
+                "expected a non-empty, stable client id (the broker keeps our session under it)",
+            ));
+        }
+        if self.ca_file.is_some() && !self.url.starts_with("mqtts://") {
+            return Err(ConfigError::invalid(
+                format!("{key}.ca_file"),
+                "only meaningful with an mqtts:// url",
             ));
         }
         if self.subscriptions.is_empty() {
@@ -71,16 +160,60 @@ impl MqttConfig {
                     format!("expected 0 or 1, got {}", s.qos),
                 ));
             }
-            if s.topic.is_empty() || s.topic.contains(['#', '+']) {
+            if let Err(e) = topic::TopicPattern::parse(&s.topic) {
                 return Err(ConfigError::invalid(
                     format!("{key}.subscriptions[{i}].topic"),
-                    format!(
-                        "expected a topic pattern using {{vehicle}}/{{device}}/{{kind}} placeholders instead of wildcards, got {:?}",
-                        s.topic
-                    ),
+                    format!("{e}, got {:?}", s.topic),
                 ));
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        let a = parse_url("mqtt://127.0.0.1:1884").expect("plain");
+        assert_eq!((a.tls, a.host.as_str(), a.port), (false, "127.0.0.1", 1884));
+        let a = parse_url("mqtts://broker.example").expect("tls");
+        assert_eq!((a.tls, a.host.as_str(), a.port), (true, "broker.example", 8883));
+        let a = parse_url("mqtt://[::1]:1999/").expect("v6");
+        assert_eq!((a.host.as_str(), a.port), ("::1", 1999));
+        for bad in [
+            "tcp://x:1",
+            "mqtt://",
+            "mqtt://host:0",
+            "mqtt://host:99999",
+            "mqtt://h/x:1",
+        ] {
+            assert!(parse_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    fn sample(topic: &str) -> MqttConfig {
+        let text = format!(
+            "name = \"m\"\nurl = \"mqtt://127.0.0.1:1883\"\nclient_id = \"fg\"\n\
+             [[subscriptions]]\ntopic = \"{topic}\"\n"
+        );
+        toml::from_str(&text).expect("parse")
+    }
+
+    #[test]
+    fn validation_names_the_key() {
+        assert!(sample("fleet/{vehicle}/{device}/{kind}")
+            .validate("sources.mqtt[0]")
+            .is_ok());
+        let e = sample("fleet/+/x")
+            .validate("sources.mqtt[0]")
+            .expect_err("wildcard");
+        assert!(e.to_string().starts_with("sources.mqtt[0].subscriptions[0].topic"));
+        let mut c = sample("a/{device}");
+        c.client_id.clear();
+        let e = c.validate("k").expect_err("client id");
+        assert!(e.to_string().starts_with("k.client_id"));
     }
 }

@@ -30,6 +30,25 @@ pub struct SimConfig {
     /// Random seed, so runs are reproducible.
     #[serde(default)]
     pub seed: u64,
+    /// `direct` (journal frames in-process) or `pty` (act as an NMEA GPS and an ELM327
+    /// adapter on pseudo-terminals, for serial and OBD sources to read).
+    #[serde(default)]
+    pub mode: SimMode,
+    /// `pty` mode: symlink to publish the GPS pty at (default `$TMPDIR/fieldgate-<name>/gps`).
+    pub gps_link: Option<std::path::PathBuf>,
+    /// `pty` mode: symlink to publish the OBD pty at (default `$TMPDIR/fieldgate-<name>/obd`).
+    pub obd_link: Option<std::path::PathBuf>,
+}
+
+/// How the simulator delivers its vehicle.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SimMode {
+    /// Frames straight into the journal.
+    #[default]
+    Direct,
+    /// Through pseudo-terminals, as serial devices (see [`super::sim_devices`]).
+    Pty,
 }
 
 fn default_name() -> String {
@@ -49,6 +68,9 @@ impl Default for SimConfig {
             vehicle: default_vehicle(),
             interval_ms: default_interval(),
             seed: 0,
+            mode: SimMode::Direct,
+            gps_link: None,
+            obd_link: None,
         }
     }
 }
@@ -191,13 +213,18 @@ pub fn frames(gateway: &str, cfg: &SimConfig, s: &Sample) -> [Frame; 2] {
     [gps, obd]
 }
 
-/// Run the simulator until shutdown, journaling a gps and an obd frame per interval.
+/// Run the simulator until shutdown: journaling a gps and an obd frame per interval, or
+/// (`mode = "pty"`) serving them as serial devices.
 pub async fn run(cfg: SimConfig, ctx: SourceCtx) {
+    if cfg.mode == SimMode::Pty {
+        return super::sim_devices::run(cfg, ctx).await;
+    }
     let SourceCtx {
         gateway,
         journal,
         slot,
         shutdown,
+        ..
     } = ctx;
     let interval = Duration::from_millis(cfg.interval_ms.0);
     let mut tick = tokio::time::interval(interval);

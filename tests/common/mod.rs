@@ -55,6 +55,11 @@ pub struct Gateway {
 impl Gateway {
     /// `fieldgate demo` on a free port with `data` as journal and a fixed key.
     pub fn demo(data: &Path, extra: &[&str]) -> Gateway {
+        Gateway::demo_env(data, extra, &[])
+    }
+
+    /// `fieldgate demo` with extra environment variables.
+    pub fn demo_env(data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Gateway {
         let port = free_port();
         let key = "fg_test_key_0123456789".to_string();
         let listen = format!("127.0.0.1:{port}");
@@ -64,22 +69,23 @@ impl Gateway {
         args.extend(extra);
         // Logs go beside the journal, not in it: a quarantine moves the journal directory.
         let logs = data.parent().unwrap_or(data);
-        Gateway::spawn(&args, port, key.clone(), logs)
+        Gateway::spawn(&args, port, key.clone(), logs, env)
     }
 
     /// `fieldgate run --config FILE` where the config listens on `port`.
     pub fn run(config: &Path, port: u16, key: &str, logs_in: &Path) -> Gateway {
         let cfg = config.to_string_lossy().to_string();
-        Gateway::spawn(&["run", "--config", &cfg], port, key.to_string(), logs_in)
+        Gateway::spawn(&["run", "--config", &cfg], port, key.to_string(), logs_in, &[])
     }
 
-    fn spawn(args: &[&str], port: u16, key: String, logs_in: &Path) -> Gateway {
+    fn spawn(args: &[&str], port: u16, key: String, logs_in: &Path, env: &[(&str, &str)]) -> Gateway {
         std::fs::create_dir_all(logs_in).expect("log dir");
         let stderr_log = logs_in.join(format!("gateway-{port}.log"));
         let err = std::fs::File::create(&stderr_log).expect("log file");
         let child = Command::new(bin())
             .args(args)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(err)
             .spawn()
@@ -213,4 +219,160 @@ pub fn next_line(r: &mut impl BufRead) -> Option<String> {
         Ok(0) | Err(_) => None,
         Ok(_) => Some(s.trim_end().to_string()),
     }
+}
+
+/// API keys of a [`keyed_gateway`], one per scope set.
+pub struct Keys {
+    pub read: String,
+    pub write: String,
+    pub publish: String,
+    pub control: String,
+    pub admin: String,
+}
+
+/// A `fieldgate run` with a simulated vehicle (`interval_ms`) and one key per scope.
+pub fn keyed_gateway(dir: &Path, interval_ms: u64) -> (Gateway, Keys) {
+    let port = free_port();
+    let cfg = dir.join("gateway.toml");
+    let text = format!(
+        "[gateway]\nid = \"gw-test\"\n[journal]\npath = \"{}\"\nflush_ms = 5\n[listen]\naddress = \"127.0.0.1:{port}\"\n[[sources.sim]]\nname = \"sim\"\nvehicle = \"van-1\"\ninterval_ms = {interval_ms}\n",
+        dir.join("journal").display()
+    );
+    std::fs::write(&cfg, text).expect("write config");
+    let cfg_s = cfg.to_string_lossy().to_string();
+    let add = |name: &str, scopes: &str| {
+        let (code, out, err) =
+            run_cli(&["keys", "add", name, "--scopes", scopes, "--config", &cfg_s]);
+        assert_eq!(code, 0, "keys add: {err}");
+        out.trim().to_string()
+    };
+    let keys = Keys {
+        read: add("reader", "read"),
+        write: add("writer", "write"),
+        publish: add("publisher", "read,publish"),
+        control: add("controller", "read,control"),
+        admin: add("admin", "admin"),
+    };
+    let gw = Gateway::run(&cfg, port, &keys.admin, dir);
+    (gw, keys)
+}
+
+/// Blocking request with any method; returns (status, JSON or Null).
+pub fn http(
+    method: &str,
+    url: &str,
+    key: Option<&str>,
+    body: Option<&str>,
+) -> (u16, serde_json::Value) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    rt.block_on(http_async(method, url, key, body))
+}
+
+/// Request with any method from async code; returns (status, JSON or Null).
+pub async fn http_async(
+    method: &str,
+    url: &str,
+    key: Option<&str>,
+    body: Option<&str>,
+) -> (u16, serde_json::Value) {
+    let client = reqwest::Client::new();
+    let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+    let mut req = client.request(m, url).timeout(Duration::from_secs(10));
+    if let Some(k) = key {
+        req = req.header("x-api-key", k);
+    }
+    if let Some(b) = body {
+        req = req
+            .header("content-type", "application/json")
+            .body(b.to_string());
+    }
+    let resp = req
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    let code = resp.status().as_u16();
+    let text = resp.text().await.unwrap_or_default();
+    (
+        code,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// A WebSocket client connection.
+pub type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Connect a WebSocket to `path` with an optional `x-api-key` and subprotocol; on an HTTP
+/// refusal returns its status code.
+pub async fn ws_connect(
+    port: u16,
+    path: &str,
+    key: Option<&str>,
+    protocol: Option<&str>,
+) -> Result<(Ws, Option<String>), u16> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = format!("ws://127.0.0.1:{port}{path}")
+        .into_client_request()
+        .expect("request");
+    if let Some(k) = key {
+        req.headers_mut()
+            .insert("x-api-key", k.parse().expect("header"));
+    }
+    if let Some(p) = protocol {
+        req.headers_mut()
+            .insert("sec-websocket-protocol", p.parse().expect("header"));
+    }
+    match tokio_tungstenite::connect_async(req).await {
+        Ok((ws, resp)) => {
+            let proto = resp
+                .headers()
+                .get("sec-websocket-protocol")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            Ok((ws, proto))
+        }
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Err(resp.status().as_u16()),
+        Err(e) => panic!("websocket connect: {e}"),
+    }
+}
+
+/// Next text message as JSON (skipping pings), or None when closed; panics after 15 s.
+pub async fn ws_next(ws: &mut Ws) -> Option<serde_json::Value> {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(15), ws.next())
+            .await
+            .expect("websocket message within 15 s");
+        match msg {
+            Some(Ok(Message::Text(t))) => return Some(serde_json::from_str(&t).expect("TMD JSON")),
+            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
+            Some(Ok(_)) => continue,
+        }
+    }
+}
+
+/// Next message of the given TMD type.
+pub async fn ws_next_of(ws: &mut Ws, kind: &str) -> serde_json::Value {
+    loop {
+        let m = ws_next(ws)
+            .await
+            .unwrap_or_else(|| panic!("closed while waiting for {kind}"));
+        if m["type"] == kind {
+            return m;
+        }
+    }
+}
+
+/// Send a JSON text message.
+pub async fn ws_send(ws: &mut Ws, v: serde_json::Value) {
+    use futures_util::SinkExt;
+    ws.send(tokio_tungstenite::tungstenite::Message::Text(
+        v.to_string().into(),
+    ))
+    .await
+    .expect("send");
 }

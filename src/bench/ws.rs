@@ -1,0 +1,333 @@
+//! `fieldgate bench ws`: publish → WebSocket receive latency, fieldgate vs mosquitto.
+//!
+//! One MQTT stream (QoS1 publishes stamped with their send time) is relayed to N WebSocket
+//! receivers twice, in sequence: by fieldgate (MQTT source → journal → hub → WS) and by
+//! mosquitto's own WebSocket listener (MQTT-over-WebSocket subscribers). Publisher and
+//! receivers are compiled Rust in this process; receivers only scan for the timestamp, so
+//! the measuring side stays light. mosquitto's WebSocket listener binds every interface:
+//! run this inside a loopback-only network namespace (`scripts/bench-ws` does).
+
+use anyhow::Context;
+use clap::Args;
+use futures_util::{SinkExt, StreamExt};
+use rumqttc::{AsyncClient, MqttOptions, QoS};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+/// Arguments of `bench ws`.
+#[derive(Args)]
+pub struct WsArgs {
+    /// Messages per second published.
+    #[arg(long, default_value_t = 1000)]
+    rate: u64,
+    /// WebSocket receivers per relay.
+    #[arg(long, default_value_t = 100)]
+    clients: usize,
+    /// Seconds of publishing per relay.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// The mosquitto binary.
+    #[arg(long, default_value = "/usr/sbin/mosquitto")]
+    mosquitto: PathBuf,
+}
+
+fn unix_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// The send timestamp inside a payload: the digits after `"t_ns":`.
+fn stamp(text: &[u8]) -> Option<u64> {
+    let key = b"\"t_ns\":";
+    let at = text.windows(key.len()).position(|w| w == key)? + key.len();
+    let digits = text[at..].iter().take_while(|c| c.is_ascii_digit());
+    Some(digits.fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
+}
+
+/// Latency samples (µs) and counts shared by all receivers of one relay.
+#[derive(Default)]
+struct Tally {
+    lat_us: Mutex<Vec<u32>>,
+    received: AtomicU64,
+}
+
+impl Tally {
+    fn record(&self, payload: &[u8]) {
+        if let Some(t) = stamp(payload) {
+            let us = unix_ns().saturating_sub(t) / 1000;
+            self.received.fetch_add(1, Relaxed);
+            if let Ok(mut v) = self.lat_us.lock() {
+                v.push(us.min(u64::from(u32::MAX)) as u32);
+            }
+        }
+    }
+}
+
+/// CPU seconds and RSS (kB) of a process.
+fn proc_usage(pid: u32) -> (f64, u64) {
+    let tick = 100.0; // USER_HZ on Linux
+    let cpu = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let rest = s.rsplit_once(')')?.1.split_whitespace().collect::<Vec<_>>();
+            let ut: f64 = rest.get(11)?.parse().ok()?;
+            let st: f64 = rest.get(12)?.parse().ok()?;
+            Some((ut + st) / tick)
+        })
+        .unwrap_or(0.0);
+    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+        })
+        .unwrap_or(0);
+    (cpu, rss)
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+async fn wait_port(port: u16) -> anyhow::Result<()> {
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    anyhow::bail!("nothing listening on port {port}")
+}
+
+struct Killed(Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Publish `rate`/s for `secs` seconds, each stamped; returns how many were published.
+async fn publish(port: u16, rate: u64, secs: u64) -> anyhow::Result<u64> {
+    let mut opts = MqttOptions::new(format!("bench-pub-{}", unix_ns()), "127.0.0.1", port);
+    opts.set_keep_alive(Duration::from_secs(30));
+    opts.set_inflight(200);
+    let (client, mut el) = AsyncClient::new(opts, 1000);
+    let driver = tokio::spawn(async move { while el.poll().await.is_ok() {} });
+    let total = rate * secs;
+    let t0 = Instant::now();
+    let pad = "x".repeat(120);
+    for n in 0..total {
+        let due = t0 + Duration::from_nanos(n * 1_000_000_000 / rate);
+        tokio::time::sleep_until(due.into()).await;
+        let body = format!("{{\"t_ns\":{},\"n\":{n},\"speed_kmh\":42.5,\"pad\":\"{pad}\"}}", unix_ns());
+        client
+            .publish(format!("bench/dev{}/json", n % 4), QoS::AtLeastOnce, false, body)
+            .await?;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let _ = client.disconnect().await;
+    driver.abort();
+    Ok(total)
+}
+
+/// A minimal MQTT 3.1.1 over WebSocket subscriber (QoS 0), fed to `tally`.
+async fn mqtt_ws_subscriber(port: u16, id: usize, tally: Arc<Tally>) -> anyhow::Result<()> {
+    let mut req = format!("ws://127.0.0.1:{port}/mqtt").into_client_request()?;
+    req.headers_mut().insert("sec-websocket-protocol", "mqtt".parse()?);
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await?;
+    let cid = format!("bench-ws-{id}");
+    let mut connect = vec![0x00, 0x04, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60];
+    connect.extend_from_slice(&(cid.len() as u16).to_be_bytes());
+    connect.extend_from_slice(cid.as_bytes());
+    let topic = b"bench/#";
+    let mut sub = vec![0, 1];
+    sub.extend_from_slice(&(topic.len() as u16).to_be_bytes());
+    sub.extend_from_slice(topic);
+    sub.push(0);
+    for (head, body) in [(0x10u8, connect), (0x82u8, sub)] {
+        let mut pkt = vec![head, body.len() as u8];
+        pkt.extend_from_slice(&body);
+        ws.send(Message::Binary(pkt.into())).await?;
+    }
+    let mut buf: Vec<u8> = Vec::new();
+    while let Some(msg) = ws.next().await {
+        let Message::Binary(b) = msg? else { continue };
+        buf.extend_from_slice(&b);
+        loop {
+            // fixed header + varint remaining length
+            let (mut len, mut mul, mut i) = (0usize, 1usize, 1usize);
+            loop {
+                let Some(&byte) = buf.get(i) else { break };
+                len += usize::from(byte & 0x7f) * mul;
+                mul *= 128;
+                i += 1;
+                if byte & 0x80 == 0 {
+                    break;
+                }
+            }
+            if buf.len() < i + len || buf.len() < 2 {
+                break;
+            }
+            if buf[0] >> 4 == 3 {
+                let body = &buf[i..i + len];
+                let tlen = usize::from(u16::from_be_bytes([body[0], body[1]]));
+                tally.record(&body[2 + tlen..]);
+            }
+            buf.drain(..i + len);
+        }
+    }
+    Ok(())
+}
+
+/// A fieldgate WebSocket receiver fed to `tally`.
+async fn fieldgate_subscriber(port: u16, key: String, tally: Arc<Tally>) -> anyhow::Result<()> {
+    let mut req = format!("ws://127.0.0.1:{port}/ws").into_client_request()?;
+    req.headers_mut().insert("x-api-key", key.parse()?);
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await?;
+    while let Some(msg) = ws.next().await {
+        if let Message::Text(t) = msg? {
+            if t.as_bytes().starts_with(b"{\"data\"") || t.contains("\"type\":\"frame\"") {
+                tally.record(t.as_bytes());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn report(name: &str, tally: &Tally, published: u64, clients: usize, secs: u64, peer: (f64, u64)) {
+    let mut lat = tally.lat_us.lock().map(|v| v.clone()).unwrap_or_default();
+    lat.sort_unstable();
+    let pct = |p: f64| -> f64 {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .map_or(f64::NAN, |v| f64::from(*v) / 1000.0)
+    };
+    let expected = published * clients as u64;
+    let got = tally.received.load(Relaxed);
+    println!(
+        "{name:<10} p50 {:>7.2} ms  p99 {:>7.2} ms  max {:>8.2} ms  delivered {:>8.0}/s  drops {:>6}  relay CPU {:>5.1}%  RSS {:>6} kB",
+        pct(0.50),
+        pct(0.99),
+        lat.last().map_or(f64::NAN, |v| f64::from(*v) / 1000.0),
+        got as f64 / secs as f64,
+        expected.saturating_sub(got),
+        peer.0 * 100.0 / secs as f64,
+        peer.1
+    );
+}
+
+fn start_mosquitto(bin: &Path, dir: &Path, port: u16, ws_port: u16) -> anyhow::Result<Killed> {
+    let conf = dir.join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "per_listener_settings false\nallow_anonymous true\nset_tcp_nodelay true\n\
+             max_queued_messages 100000\nmax_inflight_messages 1000\n\
+             listener {port} 127.0.0.1\nlistener {ws_port}\nprotocol websockets\n"
+        ),
+    )?;
+    let child = Command::new(bin)
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    Ok(Killed(child))
+}
+
+fn start_fieldgate(dir: &Path, mqtt_port: u16, port: u16) -> anyhow::Result<(Killed, String)> {
+    let exe = std::env::current_exe()?;
+    let cfg = dir.join("fieldgate.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[gateway]\nid = \"bench\"\n[journal]\npath = \"{}\"\n[listen]\naddress = \"127.0.0.1:{port}\"\n\
+             [[sources.mqtt]]\nname = \"broker\"\nurl = \"mqtt://127.0.0.1:{mqtt_port}\"\nclient_id = \"fieldgate-bench\"\n\
+             subscriptions = [{{ topic = \"bench/{{device}}/{{kind}}\", qos = 1 }}]\n",
+            dir.join("journal").display()
+        ),
+    )?;
+    let out = Command::new(&exe)
+        .args(["keys", "add", "bench", "--scopes", "read", "--config"])
+        .arg(&cfg)
+        .output()?;
+    let key = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    anyhow::ensure!(out.status.success(), "keys add failed");
+    let child = Command::new(&exe)
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    Ok((Killed(child), key))
+}
+
+/// Run `bench ws`.
+pub fn run(a: WsArgs) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let dir = std::env::temp_dir().join(format!("fieldgate-bench-ws-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let (mqtt_port, ws_port, fg_port) = (free_port()?, free_port()?, free_port()?);
+        let mosq = start_mosquitto(&a.mosquitto, &dir, mqtt_port, ws_port)?;
+        wait_port(mqtt_port).await?;
+        wait_port(ws_port).await?;
+        println!(
+            "bench ws: {} msg/s for {} s to {} WebSocket clients per relay (QoS1 publish, ~200 B JSON)",
+            a.rate, a.seconds, a.clients
+        );
+
+        let (fg, key) = start_fieldgate(&dir, mqtt_port, fg_port)?;
+        wait_port(fg_port).await?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let tally = Arc::new(Tally::default());
+        let mut recv = Vec::new();
+        for _ in 0..a.clients {
+            recv.push(tokio::spawn(fieldgate_subscriber(fg_port, key.clone(), tally.clone())));
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let cpu0 = proc_usage(fg.0.id());
+        let published = publish(mqtt_port, a.rate, a.seconds).await?;
+        let cpu1 = proc_usage(fg.0.id());
+        report("fieldgate", &tally, published, a.clients, a.seconds, (cpu1.0 - cpu0.0, cpu1.1));
+        recv.iter().for_each(|h| h.abort());
+        drop(fg);
+
+        let tally = Arc::new(Tally::default());
+        let mut recv = Vec::new();
+        for i in 0..a.clients {
+            recv.push(tokio::spawn(mqtt_ws_subscriber(ws_port, i, tally.clone())));
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let cpu0 = proc_usage(mosq.0.id());
+        let published = publish(mqtt_port, a.rate, a.seconds).await?;
+        let cpu1 = proc_usage(mosq.0.id());
+        report("mosquitto", &tally, published, a.clients, a.seconds, (cpu1.0 - cpu0.0, cpu1.1));
+        recv.iter().for_each(|h| h.abort());
+        drop(mosq);
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn finds_the_stamp() {
+        assert_eq!(super::stamp(br#"{"data":{"payload":{"t_ns":12345,"n":1}}}"#), Some(12345));
+        assert_eq!(super::stamp(b"no stamp"), None);
+    }
+}

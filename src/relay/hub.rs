@@ -1,0 +1,282 @@
+//! The hub: one task that follows the journal live, serializes each frame once, publishes
+//! it to every client session, and keeps the live status of devices and vehicles.
+
+use crate::frame::Frame;
+use crate::journal::Journal;
+use axum::extract::ws::Utf8Bytes;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+
+/// Frames each client may fall behind before it loses the oldest (the per-client bound).
+pub const CLIENT_QUEUE: usize = 2_048;
+/// How many recent frames seed the live status at start.
+const SEED_FRAMES: usize = 5_000;
+
+/// A frame ready to send: its routing fields and its TMD text.
+pub struct LiveFrame {
+    /// Journal seq.
+    pub seq: u64,
+    /// Device id.
+    pub device: String,
+    /// Vehicle id.
+    pub vehicle: Option<String>,
+    /// Kind.
+    pub kind: String,
+    /// `{"type":"frame","message":"","data":<Frame>}`.
+    pub text: Utf8Bytes,
+}
+
+impl LiveFrame {
+    /// Serialize a frame once for all clients.
+    pub fn new(f: &Frame) -> Self {
+        LiveFrame {
+            seq: f.seq,
+            device: f.device.clone(),
+            vehicle: f.vehicle.clone(),
+            kind: f.kind.clone(),
+            text: Utf8Bytes::from(super::tmd("frame", "", f)),
+        }
+    }
+}
+
+/// Last known state of a device, derived from its frames.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeviceLive {
+    /// Last frame time, unix ms.
+    pub last_seen_ms: i64,
+    /// Seq of that frame.
+    pub last_seq: u64,
+    /// Its kind.
+    pub last_kind: String,
+    /// Frames seen in this run.
+    pub frames: u64,
+}
+
+/// Last known state of a vehicle, derived from its frames.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct VehicleLive {
+    /// Last frame time, unix ms.
+    pub last_seen_ms: i64,
+    /// Last position `[lat, lon]`.
+    pub position: Option<[f64; 2]>,
+    /// Last speed, km/h.
+    pub speed_kmh: Option<f64>,
+    /// Seq of the last frame.
+    pub last_seq: u64,
+}
+
+/// A connected WebSocket client, as `/api/connections` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClientInfo {
+    /// Session id.
+    pub id: u64,
+    /// The subprotocol it offered first (the seed client's name).
+    pub name: String,
+    /// Peer address.
+    pub address: SocketAddr,
+    /// Key id it authenticated with.
+    pub key_id: String,
+    /// Connect time, unix ms.
+    pub connected_at_ms: i64,
+    /// Current filters.
+    pub filters: serde_json::Value,
+    /// Frames sent.
+    pub sent: u64,
+    /// Frames dropped because it lagged.
+    pub dropped: u64,
+}
+
+/// The live fan-out point, shared by the API and every session.
+pub struct Hub {
+    frames: broadcast::Sender<Arc<LiveFrame>>,
+    messages: broadcast::Sender<Utf8Bytes>,
+    clients: Mutex<BTreeMap<u64, ClientInfo>>,
+    devices: Mutex<HashMap<String, DeviceLive>>,
+    vehicles: Mutex<HashMap<String, VehicleLive>>,
+    next_id: AtomicU64,
+    commands: CommandRoutes,
+    /// Frames published to clients in this run.
+    pub published: AtomicU64,
+    /// Frames the hub itself missed (it fell behind the journal).
+    pub hub_lagged: AtomicU64,
+}
+
+/// Where commands for a device go: sources that can write to a device register here.
+#[derive(Clone, Default)]
+pub struct CommandRoutes(Arc<Mutex<HashMap<String, mpsc::Sender<serde_json::Value>>>>);
+
+impl CommandRoutes {
+    /// Route commands for `device` to `tx` (replacing an earlier route).
+    pub fn register(&self, device: &str, tx: mpsc::Sender<serde_json::Value>) {
+        lock(&self.0).insert(device.to_string(), tx);
+    }
+
+    /// Send a command; errors name why it could not be delivered.
+    pub fn send(&self, device: &str, payload: serde_json::Value) -> Result<(), String> {
+        let routes = lock(&self.0);
+        let tx = routes
+            .get(device)
+            .ok_or_else(|| format!("device {device:?} has no command route"))?;
+        tx.try_send(payload).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => format!("device {device:?} command queue is full"),
+            mpsc::error::TrySendError::Closed(_) => format!("device {device:?} is not connected"),
+        })
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Hub {
+    /// Start the hub task following `journal` until `shutdown`.
+    pub fn spawn(
+        journal: &Journal,
+        commands: CommandRoutes,
+        shutdown: CancellationToken,
+    ) -> Arc<Hub> {
+        let (frames, _) = broadcast::channel(CLIENT_QUEUE);
+        let (messages, _) = broadcast::channel(256);
+        let hub = Arc::new(Hub {
+            frames,
+            messages,
+            clients: Mutex::default(),
+            devices: Mutex::default(),
+            vehicles: Mutex::default(),
+            next_id: AtomicU64::new(1),
+            commands,
+            published: AtomicU64::new(0),
+            hub_lagged: AtomicU64::new(0),
+        });
+        let mut rx = journal.subscribe();
+        let from = journal.last_seq().saturating_sub(SEED_FRAMES as u64) + 1;
+        for f in journal.range(from, SEED_FRAMES) {
+            hub.observe(&f);
+        }
+        let h = Arc::clone(&hub);
+        tokio::spawn(async move {
+            loop {
+                let got = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    got = rx.recv() => got,
+                };
+                match got {
+                    Ok(f) => h.publish(&f),
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        h.hub_lagged.fetch_add(n, Relaxed);
+                        tracing::warn!(missed = n, "live hub fell behind the journal");
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        hub
+    }
+
+    fn publish(&self, f: &Frame) {
+        self.observe(f);
+        self.published.fetch_add(1, Relaxed);
+        // No subscribers is fine.
+        let _ = self.frames.send(Arc::new(LiveFrame::new(f)));
+    }
+
+    /// Update live device/vehicle status from a frame.
+    fn observe(&self, f: &Frame) {
+        {
+            let mut d = lock(&self.devices);
+            let e = d.entry(f.device.clone()).or_insert(DeviceLive {
+                last_seen_ms: 0,
+                last_seq: 0,
+                last_kind: String::new(),
+                frames: 0,
+            });
+            e.last_seen_ms = e.last_seen_ms.max(f.ts_ms);
+            e.last_seq = f.seq;
+            e.last_kind.clone_from(&f.kind);
+            e.frames += 1;
+        }
+        if let Some(v) = &f.vehicle {
+            let mut vs = lock(&self.vehicles);
+            let e = vs.entry(v.clone()).or_default();
+            e.last_seen_ms = e.last_seen_ms.max(f.ts_ms);
+            e.last_seq = f.seq;
+            let num = |k: &str| f.payload.get(k).and_then(|x| x.as_f64());
+            if let (Some(lat), Some(lon)) = (num("lat"), num("lon")) {
+                e.position = Some([lat, lon]);
+            }
+            if let Some(s) = num("speed_kmh") {
+                e.speed_kmh = Some(s);
+            }
+        }
+    }
+
+    /// A receiver of live frames from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<LiveFrame>> {
+        self.frames.subscribe()
+    }
+
+    /// A receiver of client broadcasts.
+    pub fn messages(&self) -> broadcast::Receiver<Utf8Bytes> {
+        self.messages.subscribe()
+    }
+
+    /// Relay a `broadcast` message to every client.
+    pub fn broadcast(&self, text: String) {
+        let _ = self.messages.send(Utf8Bytes::from(text));
+    }
+
+    /// Deliver a command to the source that owns `device`.
+    pub fn route_command(&self, device: &str, payload: serde_json::Value) -> Result<(), String> {
+        self.commands.send(device, payload)
+    }
+
+    /// Register a client session; returns its id.
+    pub fn add_client(&self, mut info: ClientInfo) -> u64 {
+        let id = self.next_id.fetch_add(1, Relaxed);
+        info.id = id;
+        lock(&self.clients).insert(id, info);
+        id
+    }
+
+    /// Update a client's entry.
+    pub fn update_client(&self, id: u64, f: impl FnOnce(&mut ClientInfo)) {
+        if let Some(c) = lock(&self.clients).get_mut(&id) {
+            f(c);
+        }
+    }
+
+    /// Forget a client.
+    pub fn remove_client(&self, id: u64) {
+        lock(&self.clients).remove(&id);
+    }
+
+    /// Connected clients.
+    pub fn clients(&self) -> Vec<ClientInfo> {
+        lock(&self.clients).values().cloned().collect()
+    }
+
+    /// Live status of one vehicle.
+    pub fn vehicle(&self, id: &str) -> Option<VehicleLive> {
+        lock(&self.vehicles).get(id).cloned()
+    }
+
+    /// Live status of one device.
+    pub fn device(&self, id: &str) -> Option<DeviceLive> {
+        lock(&self.devices).get(id).cloned()
+    }
+
+    /// Ids of every vehicle seen in frames.
+    pub fn seen_vehicles(&self) -> Vec<String> {
+        lock(&self.vehicles).keys().cloned().collect()
+    }
+
+    /// Ids of every device seen in frames.
+    pub fn seen_devices(&self) -> Vec<String> {
+        lock(&self.devices).keys().cloned().collect()
+    }
+}

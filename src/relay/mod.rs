@@ -1,0 +1,32 @@
+//! The live relay: frames from the journal fanned out to WebSocket clients.
+//!
+//! The [`hub::Hub`] turns each journaled frame into its TMD JSON text once and publishes it
+//! on a bounded broadcast ring; every client session ([`ws`]) filters and forwards from its
+//! own position in that ring. A slow client only ever loses its own oldest frames (and is
+//! told so with `lagged`), never slows ingest or other clients. Backfill (`from_seq`) reads
+//! the journal, then switches to the ring with no gap and no duplicate.
+
+pub mod hub;
+pub mod ws;
+
+use serde::Serialize;
+use serde_json::{json, Value};
+
+/// The seed's message envelope, `{type, message, data}`: the one place it is built.
+pub fn tmd(kind: &str, message: &str, data: impl Serialize) -> String {
+    let data = serde_json::to_value(data).unwrap_or(Value::Null);
+    json!({"type": kind, "message": message, "data": data}).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn envelope_shape() {
+        let v: serde_json::Value =
+            serde_json::from_str(&super::tmd("pong", "pong", serde_json::json!({"t": 1})))
+                .expect("json");
+        assert_eq!(v["type"], "pong");
+        assert_eq!(v["message"], "pong");
+        assert_eq!(v["data"]["t"], 1);
+    }
+}

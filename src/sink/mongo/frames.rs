@@ -1,0 +1,205 @@
+//! The frame loop: journal cursor → batches → `insert_many` → ack.
+//!
+//! Exactly-once in effect rests on three rules: a batch is retried unchanged until the
+//! server acknowledges it, the cursor moves only after that, and every frame has a fixed
+//! `_id`, so a batch re-sent after a crash or a lost reply only meets duplicate-key errors.
+//! Only durable frames are sent, so MongoDB never holds a frame the journal could lose.
+
+use super::client::{describe, only_duplicates, sleep_or_stop, Backoff, OP_TIMEOUT};
+use super::health::Health;
+use super::MongoConfig;
+use crate::frame::Frame;
+use crate::journal::{Cursor, Journal};
+use bson::{doc, Document};
+use mongodb::{Collection, Database, IndexModel};
+use std::future::IntoFuture;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// After shutdown, how long an in-flight `insert_many` may still finish.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// While writes work but index creation does not, how often to try it again.
+const INDEX_RETRY: Duration = Duration::from_secs(60);
+
+/// Result of one delivery attempt.
+enum Attempt {
+    /// The server has every document of the batch (`duplicates` were already there).
+    Delivered { duplicates: usize },
+    /// Retry later.
+    Failed(String),
+    /// Shutdown while in flight; the batch stays unacknowledged and is re-sent next run.
+    Abandoned,
+}
+
+/// Sync until shutdown or until the journal closes.
+pub(super) async fn sync(
+    cfg: &MongoConfig,
+    db: &Database,
+    journal: &Journal,
+    cursor: &Cursor,
+    health: &Health,
+    shutdown: &CancellationToken,
+) {
+    let coll = db.collection::<Document>("frames");
+    let batch_max = cfg.batch_max.0.clamp(1, 100_000) as usize;
+    let batch_wait = Duration::from_millis(cfg.batch_ms.0);
+    let mut backoff = Backoff::new(cfg.backoff_max.0);
+    let mut acked = cursor.acked();
+    let mut indexes_ok = ensure_indexes(&coll, health, shutdown).await;
+    let mut index_retry = Instant::now() + INDEX_RETRY;
+    loop {
+        let Some((batch, durable)) =
+            next_batch(journal, acked, batch_max, batch_wait, shutdown).await
+        else {
+            return;
+        };
+        let Some(last) = batch.last().map(|f| f.seq) else {
+            // Seqs up to `durable` exist but no frame above `acked` does: a seq-lease gap
+            // after a crash, or evicted frames. Step over them so lag reads true.
+            if durable > acked {
+                if let Err(e) = cursor.ack(durable) {
+                    tracing::error!(error = %e, seq = durable, "cannot record the mongo cursor");
+                }
+                acked = durable;
+                health.skipped_to(durable);
+            }
+            continue;
+        };
+        let docs: Vec<Document> = batch.iter().map(Frame::to_document).collect();
+        loop {
+            match insert(&coll, &docs, shutdown).await {
+                Attempt::Delivered { duplicates } => {
+                    if duplicates > 0 {
+                        tracing::debug!(
+                            duplicates,
+                            first_seq = batch[0].seq,
+                            last_seq = last,
+                            "documents already in MongoDB (replayed batch)"
+                        );
+                    }
+                    break;
+                }
+                Attempt::Abandoned => return,
+                Attempt::Failed(e) => {
+                    health.failed(&e);
+                    if !sleep_or_stop(backoff.delay(), shutdown).await {
+                        return;
+                    }
+                }
+            }
+        }
+        backoff.reset();
+        if let Err(e) = cursor.ack(last) {
+            // The documents are in MongoDB; a lost ack only means a harmless replay.
+            tracing::error!(error = %e, seq = last, "cannot record the mongo cursor");
+        }
+        acked = last;
+        health.delivered(last, batch.len() as u64);
+        if !indexes_ok && Instant::now() >= index_retry {
+            index_retry = Instant::now() + INDEX_RETRY;
+            indexes_ok = ensure_indexes(&coll, health, shutdown).await;
+        }
+    }
+}
+
+/// Wait for durable frames after `acked`, up to `max` of them: at once if a full batch is
+/// waiting, else up to `wait` for one to fill. Returns them with the durable seq they were
+/// read under; `None` on shutdown or a closed journal.
+async fn next_batch(
+    journal: &Journal,
+    acked: u64,
+    max: usize,
+    wait: Duration,
+    shutdown: &CancellationToken,
+) -> Option<(Vec<Frame>, u64)> {
+    tokio::select! {
+        _ = shutdown.cancelled() => return None,
+        r = journal.wait_durable(acked + 1) => { r.ok()?; }
+    }
+    let full = acked + max as u64;
+    if journal.durable_seq() < full {
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            _ = tokio::time::timeout(wait, journal.wait_durable(full)) => {}
+        }
+    }
+    let durable = journal.durable_seq();
+    let j = journal.clone();
+    let mut frames = tokio::task::spawn_blocking(move || j.range(acked + 1, max))
+        .await
+        .ok()?;
+    frames.retain(|f| f.seq <= durable);
+    Some((frames, durable))
+}
+
+/// One `insert_many` of the batch; in-flight writes get a short grace after shutdown.
+async fn insert(
+    coll: &Collection<Document>,
+    docs: &[Document],
+    shutdown: &CancellationToken,
+) -> Attempt {
+    let op = tokio::time::timeout(
+        OP_TIMEOUT,
+        coll.insert_many(docs).ordered(false).into_future(),
+    );
+    let grace = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        r = op => match r {
+            Ok(Ok(_)) => Attempt::Delivered { duplicates: 0 },
+            Ok(Err(e)) => match only_duplicates(&e) {
+                Some(duplicates) => Attempt::Delivered { duplicates },
+                None => Attempt::Failed(describe(&e)),
+            },
+            Err(_) => Attempt::Failed(format!("insert_many timed out after {OP_TIMEOUT:?}")),
+        },
+        _ = grace => Attempt::Abandoned,
+    }
+}
+
+/// Create the query indexes of DESIGN.md §5; true when the server confirmed them. A failure
+/// while writes work is recorded (and logged once per retry period), not an outage.
+async fn ensure_indexes(
+    coll: &Collection<Document>,
+    health: &Health,
+    shutdown: &CancellationToken,
+) -> bool {
+    let models = [
+        doc! {"device": 1, "ts": -1},
+        doc! {"vehicle": 1, "ts": -1},
+        doc! {"gateway": 1, "seq": 1},
+    ]
+    .into_iter()
+    .map(|keys| IndexModel::builder().keys(keys).build());
+    let op = tokio::time::timeout(OP_TIMEOUT, coll.create_indexes(models).into_future());
+    let r = tokio::select! {
+        _ = shutdown.cancelled() => return false,
+        r = op => r,
+    };
+    match r {
+        Ok(Ok(_)) => {
+            health.reachable();
+            true
+        }
+        Ok(Err(e)) => {
+            index_failed(health, &format!("cannot create indexes: {}", describe(&e)));
+            false
+        }
+        Err(_) => {
+            index_failed(health, "creating indexes timed out");
+            false
+        }
+    }
+}
+
+fn index_failed(health: &Health, error: &str) {
+    if health.is_online() {
+        health.note_error(error);
+        tracing::warn!(error, "mongo indexes not created; will retry");
+    } else {
+        health.failed(error);
+    }
+}

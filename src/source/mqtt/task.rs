@@ -1,0 +1,384 @@
+//! The MQTT source task: one task drives rumqttc's `EventLoop::poll`, turns publishes into
+//! frames and appends them (a burst at a time), and hands the PUBACKs it owes to the ack
+//! task. Disconnects are a state (`waiting`), retried with exponential backoff, logged once
+//! per outage and once on recovery.
+
+use super::ack::{self, AckBatch, Generation};
+use super::topic::{decode_payload, Reject, TopicPattern};
+use super::{parse_url, tls, MqttConfig};
+use crate::frame::Frame;
+use crate::journal::{Journal, JournalError};
+use crate::source::{SourceCtx, SourceSlot};
+use rumqttc::mqttbytes::Error as PacketError;
+use rumqttc::{
+    AsyncClient, ConnectionError, Event, MqttOptions, Packet, Publish, QoS, Request,
+    StateError, Subscribe, SubscribeFilter, SubscribeReasonCode, Transport,
+};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+/// First reconnect delay; doubles per failed attempt.
+const BACKOFF_MIN: Duration = Duration::from_millis(250);
+/// Longest reconnect delay.
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// Capacity of rumqttc's request channel (our PUBACKs and SUBSCRIBEs).
+const REQUEST_CAP: usize = 4096;
+/// Most publishes appended together.
+const BATCH_MAX: usize = 512;
+/// Ack batches queued to the ack task before the event loop waits (backpressure).
+const ACK_QUEUE: usize = 1024;
+/// Bytes of MQTT framing allowed on top of `max_frame` (topic, header).
+const PACKET_OVERHEAD: u64 = 64 << 10;
+/// At most one log line per reject reason per this interval.
+const REJECT_LOG_EVERY: Duration = Duration::from_secs(10);
+/// How long shutdown waits for owed acks to be written.
+const DRAIN: Duration = Duration::from_secs(3);
+
+/// Run one MQTT source until shutdown.
+pub async fn run(cfg: MqttConfig, ctx: SourceCtx) {
+    let span = tracing::info_span!("mqtt", source = %cfg.name, url = %cfg.url);
+    async move {
+        match Source::new(cfg, &ctx) {
+            Ok(source) => source.run(ctx).await,
+            Err(e) => {
+                tracing::error!(error = %e, "MQTT source cannot start");
+                ctx.slot.set_state("stopped", Some(e));
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// Rate-limited log state for one reject reason.
+#[derive(Default)]
+struct RejectLog {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+/// Publishes received since the last append.
+#[derive(Default)]
+struct Pending {
+    frames: Vec<Frame>,
+    /// QoS1 packet ids, accepted or rejected, in arrival order.
+    pkids: Vec<u16>,
+}
+
+struct Source {
+    cfg: MqttConfig,
+    patterns: Vec<TopicPattern>,
+    options: MqttOptions,
+    reject_logs: BTreeMap<Reject, RejectLog>,
+}
+
+impl Source {
+    fn new(cfg: MqttConfig, ctx: &SourceCtx) -> Result<Source, String> {
+        let addr = parse_url(&cfg.url)?;
+        let patterns = cfg
+            .subscriptions
+            .iter()
+            .map(|s| TopicPattern::parse(&s.topic).map_err(|e| format!("{}: {e}", s.topic)))
+            .collect::<Result<Vec<_>, _>>()?;
+        if cfg.client_id.is_empty() {
+            return Err("client_id must not be empty".into());
+        }
+        let mut o = MqttOptions::new(cfg.client_id.clone(), addr.host.clone(), addr.port);
+        o.set_clean_session(false)
+            .set_manual_acks(true)
+            .set_keep_alive(Duration::from_secs(cfg.keep_alive_s.0.max(1)));
+        let incoming = cfg
+            .max_packet
+            .0
+            .max(cfg.max_frame.0.saturating_add(PACKET_OVERHEAD));
+        o.set_max_packet_size(usize::try_from(incoming).unwrap_or(usize::MAX), 64 << 10);
+        if let Some(user) = &cfg.username {
+            o.set_credentials(user.clone(), cfg.password.clone().unwrap_or_default());
+        }
+        if addr.tls {
+            let tls = tls::client_config(cfg.ca_file.as_deref()).map_err(|e| e.to_string())?;
+            o.set_transport(Transport::tls_with_config(tls));
+        }
+        tracing::info!(
+            gateway = %ctx.gateway,
+            client_id = %cfg.client_id,
+            filters = ?patterns.iter().map(TopicPattern::filter).collect::<Vec<_>>(),
+            "MQTT source starting"
+        );
+        Ok(Source {
+            cfg,
+            patterns,
+            options: o,
+            reject_logs: BTreeMap::new(),
+        })
+    }
+
+    /// The SUBSCRIBE for every configured pattern.
+    fn subscribe_request(&self) -> Request {
+        let filters = self
+            .cfg
+            .subscriptions
+            .iter()
+            .zip(&self.patterns)
+            .map(|(s, p)| {
+                let qos = if s.qos == 0 {
+                    QoS::AtMostOnce
+                } else {
+                    QoS::AtLeastOnce
+                };
+                SubscribeFilter::new(p.filter(), qos)
+            });
+        Request::Subscribe(Subscribe::new_many(filters))
+    }
+
+    async fn run(mut self, ctx: SourceCtx) {
+        let SourceCtx {
+            gateway,
+            journal,
+            slot,
+            shutdown,
+            ..
+        } = ctx;
+        let (client, mut eventloop) = AsyncClient::new(self.options.clone(), REQUEST_CAP);
+        let generation = Generation::default();
+        let (ack_tx, ack_rx) = mpsc::channel::<AckBatch>(ACK_QUEUE);
+        let ack_stop = CancellationToken::new();
+        let mut ack_task = tokio::spawn(
+            ack::run(
+                ack_rx,
+                journal.clone(),
+                client.clone(),
+                generation.clone(),
+                ack_stop.clone(),
+            )
+            .in_current_span(),
+        );
+        let mut current_gen = *generation.lock();
+        let mut backoff = BACKOFF_MIN;
+        let mut outage: Option<Instant> = None;
+        let mut subscribed = false;
+        let mut pending = Pending::default();
+        loop {
+            let ev = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                ev = eventloop.poll() => ev,
+            };
+            match ev {
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    self.on_publish(p, &gateway, &slot, &mut pending)
+                }
+                Ok(Event::Incoming(Packet::ConnAck(c))) => {
+                    backoff = BACKOFF_MIN;
+                    match outage.take() {
+                        Some(t0) => tracing::info!(
+                            down_ms = t0.elapsed().as_millis() as u64,
+                            session_present = c.session_present,
+                            "MQTT broker connection restored"
+                        ),
+                        None => tracing::info!(
+                            session_present = c.session_present,
+                            "MQTT broker connected"
+                        ),
+                    }
+                    // Subscribe when the broker has no session for us, and once per run
+                    // in any case: the config may have changed since the session was made.
+                    if !c.session_present || !subscribed {
+                        eventloop.pending.push_back(self.subscribe_request());
+                        subscribed = true;
+                    }
+                    slot.set_state("running", None);
+                }
+                Ok(Event::Incoming(Packet::SubAck(s))) => {
+                    if s.return_codes.contains(&SubscribeReasonCode::Failure) {
+                        tracing::error!(codes = ?s.return_codes, "MQTT broker refused a subscription");
+                        slot.set_state("running", Some("broker refused a subscription".into()));
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    // Journal what this connection delivered (its acks will be stale and
+                    // dropped: the broker redelivers), then start a new generation.
+                    if let Err(je) =
+                        append(&journal, &slot, &ack_tx, current_gen, &mut pending).await
+                    {
+                        tracing::warn!(error = %je, "journal closed; MQTT source stopping");
+                        break;
+                    }
+                    current_gen = generation.bump(|| eventloop.clean());
+                    self.on_disconnect(&e, &slot, &mut outage);
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    continue;
+                }
+            }
+            if eventloop.state.events.is_empty() || pending.frames.len() >= BATCH_MAX {
+                match append(&journal, &slot, &ack_tx, current_gen, &mut pending).await {
+                    Ok(()) => {}
+                    Err(JournalError::Closed) => break,
+                    Err(e) => {
+                        // Not journaled, not acked: drop the connection so the broker
+                        // redelivers once we reconnect.
+                        tracing::error!(error = %e, "journal append failed; reconnecting to get the messages again");
+                        current_gen = generation.bump(|| eventloop.clean());
+                        slot.set_state("waiting", Some(format!("journal append failed: {e}")));
+                        outage.get_or_insert_with(Instant::now);
+                        tokio::select! {
+                            _ = shutdown.cancelled() => break,
+                            _ = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(BACKOFF_MAX);
+                    }
+                }
+            }
+        }
+        // Shutdown: what was received but not appended is left unacked (the broker
+        // redelivers it); acks owed for journaled frames are written if that is quick.
+        drop(ack_tx);
+        let deadline = tokio::time::sleep(DRAIN);
+        tokio::pin!(deadline);
+        let mut ack_done = false;
+        let mut totals = None;
+        while !ack_done {
+            tokio::select! {
+                t = &mut ack_task => {
+                    totals = t.ok();
+                    ack_done = true;
+                }
+                ev = eventloop.poll() => if ev.is_err() { break },
+                _ = &mut deadline => break,
+            }
+        }
+        ack_stop.cancel();
+        if ack_done && client.try_disconnect().is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                loop {
+                    match eventloop.poll().await {
+                        Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => break,
+                        Ok(_) => {}
+                    }
+                }
+            })
+            .await;
+        }
+        if !ack_done {
+            totals = ack_task.await.ok();
+        }
+        if let Some(totals) = totals {
+            tracing::info!(acked = totals.acked, stale = totals.stale, "MQTT source stopped");
+        }
+        slot.set_state("stopped", None);
+    }
+
+    /// Log (once per outage) and record a failed poll.
+    fn on_disconnect(&self, e: &ConnectionError, slot: &SourceSlot, outage: &mut Option<Instant>) {
+        let msg = e.to_string();
+        if let ConnectionError::MqttState(StateError::Deserialization(
+            PacketError::PayloadSizeLimitExceeded(n),
+        )) = e
+        {
+            tracing::error!(
+                packet_bytes = n,
+                max_packet = self.options.max_packet_size(),
+                "the broker sent a packet larger than max_packet; raise max_packet or set the broker's message_size_limit below it"
+            );
+        }
+        if outage.is_none() {
+            *outage = Some(Instant::now());
+            tracing::warn!(error = %msg, "MQTT broker unreachable; retrying with backoff");
+        }
+        slot.set_state("waiting", Some(msg));
+    }
+
+    /// Turn one publish into a frame (or a counted rejection) and note the ack it is owed.
+    fn on_publish(&mut self, p: Publish, gateway: &str, slot: &SourceSlot, pending: &mut Pending) {
+        if p.qos != QoS::AtMostOnce {
+            pending.pkids.push(p.pkid);
+        }
+        let Some(ids) = self.patterns.iter().find_map(|pat| pat.match_topic(&p.topic)) else {
+            self.reject(Reject::WrongTopic, &p, slot);
+            return;
+        };
+        let (payload, default_kind) = match decode_payload(&p.payload, self.max_frame()) {
+            Ok(v) => v,
+            Err(r) => {
+                self.reject(r, &p, slot);
+                return;
+            }
+        };
+        let device = ids.device.unwrap_or_else(|| self.cfg.name.clone());
+        let kind = ids.kind.unwrap_or_else(|| default_kind.to_string());
+        let mut frame = Frame::new(
+            gateway,
+            &format!("mqtt:{}", p.topic),
+            &device,
+            &kind,
+            payload,
+        );
+        frame.vehicle = ids.vehicle.or_else(|| self.cfg.vehicle.clone());
+        pending.frames.push(frame);
+    }
+
+    fn max_frame(&self) -> usize {
+        usize::try_from(self.cfg.max_frame.0).unwrap_or(usize::MAX)
+    }
+
+    /// Count a rejected message and log it, at most once per reason per interval.
+    fn reject(&mut self, r: Reject, p: &Publish, slot: &SourceSlot) {
+        slot.add_invalid_reason(r.reason(), 1);
+        let log = self.reject_logs.entry(r).or_default();
+        if log.last.is_some_and(|t| t.elapsed() < REJECT_LOG_EVERY) {
+            log.suppressed += 1;
+            return;
+        }
+        tracing::warn!(
+            reason = r.reason(),
+            topic = %p.topic,
+            bytes = p.payload.len(),
+            max_frame = self.cfg.max_frame.0,
+            suppressed_since_last = log.suppressed,
+            "MQTT message rejected (acknowledged and dropped)"
+        );
+        log.last = Some(Instant::now());
+        log.suppressed = 0;
+    }
+}
+
+/// Append the pending frames and queue the acks they (and any rejected publishes) owe.
+async fn append(
+    journal: &Journal,
+    slot: &SourceSlot,
+    ack_tx: &mpsc::Sender<AckBatch>,
+    generation: u64,
+    pending: &mut Pending,
+) -> Result<(), JournalError> {
+    let mut durable_seq = 0;
+    if !pending.frames.is_empty() {
+        let n = pending.frames.len() as u64;
+        let frames = std::mem::take(&mut pending.frames);
+        match journal.append_many(frames) {
+            Ok(seqs) => durable_seq = *seqs.end(),
+            Err(e) => {
+                pending.pkids.clear();
+                return Err(e);
+            }
+        }
+        slot.add_frames(n);
+    }
+    if !pending.pkids.is_empty() {
+        let batch = AckBatch {
+            generation,
+            durable_seq,
+            pkids: std::mem::take(&mut pending.pkids),
+        };
+        // The ack task only ends after this task drops the sender.
+        let _ = ack_tx.send(batch).await;
+    }
+    Ok(())
+}

@@ -1,0 +1,213 @@
+//! The MongoDB sink in-process against a real MongoDB-wire server: a replay over documents
+//! that are already there is not an error, and the device/vehicle registries are mirrored.
+
+mod common;
+
+use bson::doc;
+use common::mongo::{assert_exactly_once, block, unique_db, MongoServer};
+use fieldgate::frame::Frame;
+use fieldgate::journal::{Journal, JournalConfig};
+use fieldgate::sink::mongo::MongoConfig;
+use fieldgate::sink::{SinkState, SinkStates};
+use fieldgate::units::{HumanDuration, Positive};
+use serde_json::json;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+const GATEWAY: &str = "gw-replay";
+
+/// A journal in a temp dir plus a running sink on its own runtime.
+struct Rig {
+    _dir: tempfile::TempDir,
+    journal: Journal,
+    states: SinkStates,
+    shutdown: CancellationToken,
+    rt: tokio::runtime::Runtime,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Rig {
+    fn new() -> Rig {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let journal = Journal::open(JournalConfig {
+            path: dir.path().join("journal"),
+            flush_ms: Positive(5),
+            ..JournalConfig::default()
+        })
+        .expect("journal");
+        Rig {
+            _dir: dir,
+            journal,
+            states: SinkStates::default(),
+            shutdown: CancellationToken::new(),
+            rt: tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("runtime"),
+            task: None,
+        }
+    }
+
+    fn start(&mut self, uri: &str, db: &str) {
+        let mut cfg = MongoConfig::with_uri(uri.to_string());
+        cfg.database = db.to_string();
+        cfg.batch_max = Positive(64);
+        cfg.batch_ms = Positive(20);
+        cfg.backoff_max = HumanDuration(Duration::from_secs(1));
+        let slot = self.states.register("mongo");
+        let fut = fieldgate::sink::mongo::run(
+            cfg,
+            GATEWAY.into(),
+            self.journal.clone(),
+            slot,
+            self.shutdown.clone(),
+        );
+        self.task = Some(self.rt.spawn(fut));
+    }
+
+    fn state(&self) -> SinkState {
+        self.states
+            .snapshot()
+            .remove("mongo")
+            .expect("mongo sink registered")
+    }
+
+    fn until(&self, what: &str, pred: impl Fn(&SinkState) -> bool) -> SinkState {
+        let t0 = Instant::now();
+        loop {
+            let s = self.state();
+            if pred(&s) {
+                return s;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(60), "{what}: {s:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(t) = self.task.take() {
+            self.rt.block_on(t).expect("sink task");
+        }
+        assert_eq!(self.state().state, "stopped");
+        self.journal.close().expect("close");
+    }
+}
+
+fn frame(i: u64) -> Frame {
+    let mut f = Frame::new(
+        GATEWAY,
+        "test",
+        &format!("dev{}", i % 3),
+        "json",
+        json!({ "i": i }),
+    );
+    f.vehicle = Some("van-1".into());
+    f
+}
+
+#[test]
+fn replayed_documents_are_delivered_not_errors() {
+    let server = MongoServer::start();
+    let db = unique_db("replay");
+    let mut rig = Rig::new();
+    let seqs = rig
+        .journal
+        .append_many((0..300).map(frame).collect())
+        .expect("append");
+    assert_eq!(*seqs.end(), 300);
+    block(rig.journal.flush()).expect("flush");
+    // A previous run (or another replay) already wrote some of these documents: every
+    // fifth frame, and a solid range that spans batch boundaries.
+    let pre: Vec<_> = rig
+        .journal
+        .range(1, 300)
+        .into_iter()
+        .filter(|f| f.seq % 5 == 0 || (100..=180).contains(&f.seq))
+        .map(|f| f.to_document())
+        .collect();
+    let pre_n = pre.len();
+    server.insert(&db, "frames", pre);
+
+    rig.start(&server.uri(), &db);
+    let s = rig.until("all acked", |s| s.acked_seq == 300);
+    assert_eq!(s.state, "online");
+    assert_eq!(s.delivered, 300);
+    assert_eq!(s.lag, 0);
+    assert_eq!(s.last_error, None, "duplicates are not errors");
+    assert_exactly_once(&server, &db, GATEWAY, 300);
+    assert!(pre_n > 80);
+
+    // New frames after the replay keep flowing.
+    rig.journal
+        .append_many((300..350).map(frame).collect())
+        .expect("append");
+    rig.until("new frames acked", |s| s.acked_seq == 350);
+    assert_exactly_once(&server, &db, GATEWAY, 350);
+    rig.stop();
+}
+
+#[test]
+fn registries_are_mirrored_by_upsert_and_delete() {
+    let server = MongoServer::start();
+    let db = unique_db("registry");
+    let mut rig = Rig::new();
+    let devices = rig.journal.tree("devices").expect("devices");
+    let vehicles = rig.journal.tree("vehicles").expect("vehicles");
+    let put = |t: &sled::Tree, id: &str, v: serde_json::Value| {
+        t.insert(id.as_bytes(), v.to_string().into_bytes())
+            .expect("insert");
+    };
+    put(
+        &devices,
+        "gps0",
+        json!({"id": "gps0", "kind": "gps", "vehicle": "van-1"}),
+    );
+    put(&devices, "obd0", json!({"id": "obd0", "kind": "obd"}));
+    put(
+        &vehicles,
+        "van-1",
+        json!({"id": "van-1", "plate": "HH-FG 1"}),
+    );
+    // An existing document for a registry entry is replaced, not duplicated.
+    server.insert(&db, "devices", vec![doc! {"_id": "gps0", "kind": "old"}]);
+
+    rig.start(&server.uri(), &db);
+    let docs_of = |coll: &str| server.docs(&db, coll, doc! {});
+    let t0 = Instant::now();
+    while docs_of("devices").len() < 2 || docs_of("vehicles").is_empty() {
+        assert!(t0.elapsed() < Duration::from_secs(60), "initial mirror");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let wait_for = |coll: &str, pred: &dyn Fn(&[bson::Document]) -> bool| {
+        let t0 = Instant::now();
+        loop {
+            let d = docs_of(coll);
+            if pred(&d) {
+                return d;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(60), "{coll}: {d:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let d = wait_for("devices", &|d| {
+        d.iter()
+            .any(|x| x.get_str("_id") == Ok("gps0") && x.get_str("kind") == Ok("gps"))
+    });
+    assert_eq!(d.len(), 2, "{d:?}");
+
+    // Changes while running: update, add, remove.
+    put(
+        &devices,
+        "obd0",
+        json!({"id": "obd0", "kind": "obd", "vehicle": "van-1"}),
+    );
+    put(&vehicles, "van-2", json!({"id": "van-2"}));
+    devices.remove("gps0").expect("remove");
+    wait_for("devices", &|d| {
+        d.len() == 1 && d[0].get_str("_id") == Ok("obd0") && d[0].get_str("vehicle") == Ok("van-1")
+    });
+    wait_for("vehicles", &|d| d.len() == 2);
+    rig.stop();
+}
