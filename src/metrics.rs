@@ -10,7 +10,9 @@ use std::sync::atomic::Ordering::Relaxed;
 
 /// Escape a label value.
 fn label(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 struct Out(String);
@@ -40,52 +42,160 @@ impl Out {
 pub fn render(st: &AppState) -> String {
     let mut o = Out(String::with_capacity(4096));
     let j = st.journal.stats();
-    o.one("fieldgate_journal_last_seq", "gauge", "Highest seq issued.", j.last_seq);
-    o.one("fieldgate_journal_durable_seq", "gauge", "Highest seq on disk.", j.durable_seq);
-    o.one("fieldgate_journal_first_seq", "gauge", "Oldest seq stored.", j.first_seq);
-    o.one("fieldgate_journal_frames", "gauge", "Frames stored.", j.frames);
-    o.one("fieldgate_journal_bytes", "gauge", "Logical bytes stored.", j.bytes);
-    o.one("fieldgate_journal_disk_bytes", "gauge", "Bytes on disk.", j.disk_bytes);
-    o.one("fieldgate_journal_evicted_total", "counter", "Frames evicted by the byte cap.", j.evicted);
-    o.one("fieldgate_journal_pruned_total", "counter", "Frames pruned by retention.", j.pruned);
-    o.one("fieldgate_journal_appended_total", "counter", "Frames appended in this run.", j.appended);
-    o.one("fieldgate_journal_commits_total", "counter", "Group commits in this run.", j.flushes);
-    o.one("fieldgate_journal_decode_errors_total", "counter", "Undecodable records skipped.", j.decode_errors);
+    o.one(
+        "fieldgate_journal_last_seq",
+        "gauge",
+        "Highest seq issued.",
+        j.last_seq,
+    );
+    o.one(
+        "fieldgate_journal_durable_seq",
+        "gauge",
+        "Highest seq on disk.",
+        j.durable_seq,
+    );
+    o.one(
+        "fieldgate_journal_first_seq",
+        "gauge",
+        "Oldest seq stored.",
+        j.first_seq,
+    );
+    o.one(
+        "fieldgate_journal_frames",
+        "gauge",
+        "Frames stored.",
+        j.frames,
+    );
+    o.one(
+        "fieldgate_journal_bytes",
+        "gauge",
+        "Logical bytes stored.",
+        j.bytes,
+    );
+    o.one(
+        "fieldgate_journal_disk_bytes",
+        "gauge",
+        "Bytes on disk.",
+        j.disk_bytes,
+    );
+    o.one(
+        "fieldgate_journal_evicted_total",
+        "counter",
+        "Frames evicted by the byte cap.",
+        j.evicted,
+    );
+    o.one(
+        "fieldgate_journal_pruned_total",
+        "counter",
+        "Frames pruned by retention.",
+        j.pruned,
+    );
+    o.one(
+        "fieldgate_journal_appended_total",
+        "counter",
+        "Frames appended in this run.",
+        j.appended,
+    );
+    o.one(
+        "fieldgate_journal_commits_total",
+        "counter",
+        "Group commits in this run.",
+        j.flushes,
+    );
+    o.one(
+        "fieldgate_journal_decode_errors_total",
+        "counter",
+        "Undecodable records skipped.",
+        j.decode_errors,
+    );
 
     let sources = st.sources.snapshot();
-    o.head("fieldgate_source_frames_total", "counter", "Frames journaled per source.");
+    o.head(
+        "fieldgate_source_frames_total",
+        "counter",
+        "Frames journaled per source.",
+    );
     for (name, s) in &sources {
-        o.val("fieldgate_source_frames_total", &[("source", name), ("kind", s.kind)], s.frames);
+        o.val(
+            "fieldgate_source_frames_total",
+            &[("source", name), ("kind", s.kind)],
+            s.frames,
+        );
     }
-    o.head("fieldgate_frames_invalid_total", "counter", "Input rejected per source.");
+    o.head(
+        "fieldgate_frames_invalid_total",
+        "counter",
+        "Input rejected per source.",
+    );
     for (name, s) in &sources {
-        o.val("fieldgate_frames_invalid_total", &[("source", name)], s.invalid);
+        o.val(
+            "fieldgate_frames_invalid_total",
+            &[("source", name)],
+            s.invalid,
+        );
     }
-    o.head("fieldgate_source_up", "gauge", "1 when the source is running.");
+    o.head(
+        "fieldgate_source_up",
+        "gauge",
+        "1 when the source is running.",
+    );
     for (name, s) in &sources {
-        o.val("fieldgate_source_up", &[("source", name)], u8::from(s.state == "running"));
+        o.val(
+            "fieldgate_source_up",
+            &[("source", name)],
+            u8::from(s.state == "running"),
+        );
     }
 
     let sinks = st.sinks.snapshot();
-    o.head("fieldgate_sink_acked_seq", "gauge", "Last seq the sink's destination acknowledged.");
+    o.head(
+        "fieldgate_sink_acked_seq",
+        "gauge",
+        "Last seq the sink's destination acknowledged.",
+    );
     for (name, s) in &sinks {
         o.val("fieldgate_sink_acked_seq", &[("sink", name)], s.acked_seq);
     }
-    o.head("fieldgate_sink_lag_frames", "gauge", "Frames not yet acknowledged.");
+    o.head(
+        "fieldgate_sink_lag_frames",
+        "gauge",
+        "Frames not yet acknowledged.",
+    );
     for (name, s) in &sinks {
         o.val("fieldgate_sink_lag_frames", &[("sink", name)], s.lag);
     }
-    o.head("fieldgate_sink_lag_seconds", "gauge", "Age of the oldest unacknowledged frame.");
+    o.head(
+        "fieldgate_sink_lag_seconds",
+        "gauge",
+        "Age of the oldest unacknowledged frame.",
+    );
     for (name, s) in &sinks {
-        o.val("fieldgate_sink_lag_seconds", &[("sink", name)], s.lag_seconds);
+        o.val(
+            "fieldgate_sink_lag_seconds",
+            &[("sink", name)],
+            s.lag_seconds,
+        );
     }
-    o.head("fieldgate_sink_online", "gauge", "1 when the sink's destination is reachable.");
+    o.head(
+        "fieldgate_sink_online",
+        "gauge",
+        "1 when the sink's destination is reachable.",
+    );
     for (name, s) in &sinks {
-        o.val("fieldgate_sink_online", &[("sink", name)], u8::from(s.state == "online"));
+        o.val(
+            "fieldgate_sink_online",
+            &[("sink", name)],
+            u8::from(s.state == "online"),
+        );
     }
 
     let clients = st.hub.clients();
-    o.one("fieldgate_ws_clients", "gauge", "Connected WebSocket clients.", clients.len());
+    o.one(
+        "fieldgate_ws_clients",
+        "gauge",
+        "Connected WebSocket clients.",
+        clients.len(),
+    );
     o.one(
         "fieldgate_ws_frames_sent_total",
         "counter",
@@ -98,8 +208,23 @@ pub fn render(st: &AppState) -> String {
         "Frames dropped for connected slow clients.",
         clients.iter().map(|c| c.dropped).sum::<u64>(),
     );
-    o.one("fieldgate_live_published_total", "counter", "Frames published live.", st.hub.published.load(Relaxed));
-    o.one("fieldgate_auth_blocked_addresses", "gauge", "Addresses throttled for failed auth.", st.throttle.blocked_count());
-    o.one("fieldgate_uptime_seconds", "gauge", "Seconds since start.", st.started.elapsed().as_secs());
+    o.one(
+        "fieldgate_live_published_total",
+        "counter",
+        "Frames published live.",
+        st.hub.published.load(Relaxed),
+    );
+    o.one(
+        "fieldgate_auth_blocked_addresses",
+        "gauge",
+        "Addresses throttled for failed auth.",
+        st.throttle.blocked_count(),
+    );
+    o.one(
+        "fieldgate_uptime_seconds",
+        "gauge",
+        "Seconds since start.",
+        st.started.elapsed().as_secs(),
+    );
     o.0
 }

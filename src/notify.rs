@@ -40,7 +40,7 @@ pub fn stopping() {
 /// Like libsystemd, a missing `WATCHDOG_PID` means "this process".
 pub fn watchdog_interval() -> Option<Duration> {
     let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
-    if let Some(pid) = std::env::var("WATCHDOG_PID").ok() {
+    if let Ok(pid) = std::env::var("WATCHDOG_PID") {
         if pid.parse::<u32>().ok()? != std::process::id() {
             return None;
         }
@@ -51,7 +51,10 @@ pub fn watchdog_interval() -> Option<Duration> {
 /// One-line status for `systemctl status`.
 fn status_line(journal: &Journal, sinks: &SinkStates, rate: f64) -> String {
     let s = journal.stats();
-    let mut line = format!("{rate:.0} frames/s, journal seq {} ({} frames)", s.last_seq, s.frames);
+    let mut line = format!(
+        "{rate:.0} frames/s, journal seq {} ({} frames)",
+        s.last_seq, s.frames
+    );
     for (name, k) in sinks.snapshot() {
         line.push_str(&format!(", {name} {} lag {}", k.state, k.lag));
     }
@@ -65,7 +68,9 @@ pub async fn watchdog(journal: Journal, sinks: SinkStates, shutdown: Cancellatio
         return;
     }
     let interval = watchdog_interval();
-    let tick = interval.map_or(Duration::from_secs(10), |i| (i / 2).max(Duration::from_millis(50)));
+    let tick = interval.map_or(Duration::from_secs(10), |i| {
+        (i / 2).max(Duration::from_millis(50))
+    });
     let mut last = (std::time::Instant::now(), journal.last_seq());
     let mut wedged = false;
     loop {
@@ -80,10 +85,16 @@ pub async fn watchdog(journal: Journal, sinks: SinkStates, shutdown: Cancellatio
         let status = status_line(&journal, &sinks, rate);
         if age > WEDGED_AFTER {
             if !wedged {
-                tracing::error!(silent_s = age.as_secs(), "journal writer is not making progress; withholding the watchdog ping");
+                tracing::error!(
+                    silent_s = age.as_secs(),
+                    "journal writer is not making progress; withholding the watchdog ping"
+                );
                 wedged = true;
             }
-            send(&[NotifyState::Status(&format!("WEDGED: journal writer silent {} s", age.as_secs()))]);
+            send(&[NotifyState::Status(&format!(
+                "WEDGED: journal writer silent {} s",
+                age.as_secs()
+            ))]);
             continue;
         }
         if wedged {
@@ -125,7 +136,10 @@ mod tests {
 
         /// Everything received since the last call.
         fn take(&self) -> String {
-            self.0.lock().map(|mut v| std::mem::take(&mut *v).join("\n")).unwrap_or_default()
+            self.0
+                .lock()
+                .map(|mut v| std::mem::take(&mut *v).join("\n"))
+                .unwrap_or_default()
         }
     }
 
@@ -145,21 +159,35 @@ mod tests {
         .expect("journal");
         ready("started");
         let stop = CancellationToken::new();
-        let task = tokio::spawn(watchdog(journal.clone(), SinkStates::default(), stop.clone()));
+        let task = tokio::spawn(watchdog(
+            journal.clone(),
+            SinkStates::default(),
+            stop.clone(),
+        ));
         tokio::time::sleep(Duration::from_millis(800)).await;
         let got = sock.take();
         assert!(got.contains("READY=1"), "{got}");
         assert!(got.matches("WATCHDOG=1").count() >= 3, "{got}");
         assert!(got.contains("frames/s"), "{got}");
 
-        let guard = journal.wedge();
+        // Wedge the writer from another thread (a lock holder that never lets go).
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let wedged = journal.clone();
+        let holder = std::thread::spawn(move || {
+            let _guard = wedged.wedge();
+            let _ = released.recv();
+        });
         tokio::time::sleep(WEDGED_AFTER + Duration::from_secs(1)).await;
         sock.take();
         tokio::time::sleep(Duration::from_millis(800)).await;
         let during = sock.take();
-        assert!(!during.contains("WATCHDOG=1"), "pings continued while wedged: {during}");
+        assert!(
+            !during.contains("WATCHDOG=1"),
+            "pings continued while wedged: {during}"
+        );
         assert!(during.contains("WEDGED"), "{during}");
-        drop(guard);
+        let _ = release.send(());
+        holder.join().expect("lock holder");
         tokio::time::sleep(Duration::from_millis(1500)).await;
         assert!(sock.take().contains("WATCHDOG=1"), "pings resume");
 

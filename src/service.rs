@@ -5,9 +5,9 @@
 
 use crate::api::{self, AppState};
 use crate::auth::{KeyStore, Throttle};
-use crate::relay::hub::{CommandRoutes, Hub};
 use crate::config::Config;
 use crate::journal::Journal;
+use crate::relay::hub::{CommandRoutes, Hub};
 use crate::sink::SinkStates;
 use crate::source::{sim, SourceCtx, SourceStates};
 use anyhow::Context;

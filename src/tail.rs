@@ -124,7 +124,9 @@ pub async fn run(a: TailArgs) -> anyhow::Result<()> {
                     }
                 }
                 Some("error") => eprintln!("tail: gateway error: {}", m["message"]),
-                Some("lagged") => eprintln!("tail: lagged, {} frames dropped", m["data"]["dropped"]),
+                Some("lagged") => {
+                    eprintln!("tail: lagged, {} frames dropped", m["data"]["dropped"])
+                }
                 _ => {}
             }
         }

@@ -11,11 +11,14 @@ use std::time::Duration;
 fn every_route_enforces_auth_and_scope() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (gw, k) = keyed_gateway(dir.path(), 100);
-    gw.status_until(Duration::from_secs(10), |s| s["journal"]["last_seq"].as_u64().unwrap_or(0) >= 4);
+    gw.status_until(Duration::from_secs(10), |s| {
+        s["journal"]["last_seq"].as_u64().unwrap_or(0) >= 4
+    });
     let dev = r#"{"id":"gps-9","name":"GPS nine","vehicle":"van-1","kind":"gps"}"#;
     let veh = r#"{"id":"van-9","name":"Van nine","plate":"HH-FG 9"}"#;
     // (method, path, body, key lacking the scope, key holding it, expected success)
-    let table: Vec<(&str, &str, Option<&str>, &str, &str, u16)> = vec![
+    type Row<'a> = (&'a str, &'a str, Option<&'a str>, &'a str, &'a str, u16);
+    let table: Vec<Row> = vec![
         ("GET", "/api/status", None, &k.write, &k.read, 200),
         ("GET", "/api/user", None, "", &k.read, 200),
         ("GET", "/api/connections", None, &k.write, &k.read, 200),
@@ -24,13 +27,34 @@ fn every_route_enforces_auth_and_scope() {
         ("POST", "/api/devices", Some(dev), &k.read, &k.write, 201),
         ("GET", "/api/devices", None, &k.write, &k.read, 200),
         ("GET", "/api/devices/gps-9", None, &k.write, &k.read, 200),
-        ("PUT", "/api/devices/gps-9", Some(dev), &k.read, &k.write, 200),
+        (
+            "PUT",
+            "/api/devices/gps-9",
+            Some(dev),
+            &k.read,
+            &k.write,
+            200,
+        ),
         ("DELETE", "/api/devices/gps-9", None, &k.read, &k.write, 204),
         ("POST", "/api/vehicles", Some(veh), &k.read, &k.write, 201),
         ("GET", "/api/vehicles", None, &k.write, &k.read, 200),
         ("GET", "/api/vehicles/van-9", None, &k.write, &k.read, 200),
-        ("PUT", "/api/vehicles/van-9", Some(veh), &k.read, &k.write, 200),
-        ("DELETE", "/api/vehicles/van-9", None, &k.read, &k.write, 204),
+        (
+            "PUT",
+            "/api/vehicles/van-9",
+            Some(veh),
+            &k.read,
+            &k.write,
+            200,
+        ),
+        (
+            "DELETE",
+            "/api/vehicles/van-9",
+            None,
+            &k.read,
+            &k.write,
+            204,
+        ),
     ];
     for (method, path, body, wrong, right, ok) in &table {
         let url = gw.url(path);
@@ -55,24 +79,55 @@ fn every_route_enforces_auth_and_scope() {
 fn registries_validate_and_show_live_status() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (gw, k) = keyed_gateway(dir.path(), 50);
-    gw.status_until(Duration::from_secs(10), |s| s["journal"]["last_seq"].as_u64().unwrap_or(0) >= 10);
+    gw.status_until(Duration::from_secs(10), |s| {
+        s["journal"]["last_seq"].as_u64().unwrap_or(0) >= 10
+    });
     let post = |path: &str, body: &str| http("POST", &gw.url(path), Some(&k.write), Some(body));
-    assert_eq!(post("/api/vehicles", r#"{"id":"van-1","name":"Demo van"}"#).0, 201);
+    assert_eq!(
+        post("/api/vehicles", r#"{"id":"van-1","name":"Demo van"}"#).0,
+        201
+    );
     let (code, e) = post("/api/vehicles", r#"{"id":"van-1"}"#);
     assert_eq!((code, e["error"]["code"].as_str()), (409, Some("exists")));
     let (code, e) = post("/api/vehicles", r#"{"id":"van-2","colour":"red"}"#);
     assert_eq!(code, 400);
-    assert!(e["error"]["message"].as_str().unwrap_or("").contains("unknown field `colour`"), "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("unknown field `colour`"),
+        "{e}"
+    );
     let (code, e) = post("/api/devices", r#"{"id":"d1","name":5}"#);
     assert_eq!(code, 400);
-    assert!(e["error"]["message"].as_str().unwrap_or("").starts_with("name: "), "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("name: "),
+        "{e}"
+    );
     let (code, e) = post("/api/devices", r#"{"id":"bad id!"}"#);
     assert_eq!(code, 400);
-    assert!(e["error"]["message"].as_str().unwrap_or("").starts_with("id: "), "{e}");
-    let (code, e) = http("PUT", &gw.url("/api/devices/d1"), Some(&k.write), Some(r#"{"id":"d2"}"#));
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("id: "),
+        "{e}"
+    );
+    let (code, e) = http(
+        "PUT",
+        &gw.url("/api/devices/d1"),
+        Some(&k.write),
+        Some(r#"{"id":"d2"}"#),
+    );
     assert_eq!(code, 400, "{e}");
     let (code, e) = http("GET", &gw.url("/api/devices/nope"), Some(&k.read), None);
-    assert_eq!((code, e["error"]["code"].as_str()), (404, Some("not_found")));
+    assert_eq!(
+        (code, e["error"]["code"].as_str()),
+        (404, Some("not_found"))
+    );
 
     // Live status derived from frames: the simulated van has a position and speed.
     let t0 = std::time::Instant::now();
@@ -80,11 +135,17 @@ fn registries_validate_and_show_live_status() {
         let (code, v) = http("GET", &gw.url("/api/vehicles/van-1"), Some(&k.read), None);
         assert_eq!(code, 200);
         let live = &v["live"];
-        if live["position"].is_array() && live["speed_kmh"].is_number() && live["last_seen_ms"].as_i64().unwrap_or(0) > 0 {
+        if live["position"].is_array()
+            && live["speed_kmh"].is_number()
+            && live["last_seen_ms"].as_i64().unwrap_or(0) > 0
+        {
             assert_eq!(v["name"], "Demo van");
             break;
         }
-        assert!(t0.elapsed() < Duration::from_secs(10), "no live status: {v}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "no live status: {v}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let (_, list) = http("GET", &gw.url("/api/vehicles"), Some(&k.read), None);
@@ -95,32 +156,66 @@ fn registries_validate_and_show_live_status() {
 fn frames_query_filters_and_limits() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (gw, k) = keyed_gateway(dir.path(), 20);
-    gw.status_until(Duration::from_secs(10), |s| s["journal"]["last_seq"].as_u64().unwrap_or(0) >= 60);
-    let get = |q: &str| http("GET", &gw.url(&format!("/api/frames?{q}")), Some(&k.read), None);
+    gw.status_until(Duration::from_secs(10), |s| {
+        s["journal"]["last_seq"].as_u64().unwrap_or(0) >= 60
+    });
+    let get = |q: &str| {
+        http(
+            "GET",
+            &gw.url(&format!("/api/frames?{q}")),
+            Some(&k.read),
+            None,
+        )
+    };
     let (code, all) = get("limit=50");
     assert_eq!(code, 200);
     let frames = all["frames"].as_array().expect("frames");
     assert_eq!(frames.len(), 50);
-    assert!(frames.windows(2).all(|w| w[0]["seq"].as_u64() < w[1]["seq"].as_u64()));
+    assert!(frames
+        .windows(2)
+        .all(|w| w[0]["seq"].as_u64() < w[1]["seq"].as_u64()));
     assert!(all["next_seq"].as_u64().is_some());
     let (_, gps) = get("kind=gps&limit=20&from_seq=3");
     let gps = gps["frames"].as_array().expect("frames");
-    assert!(!gps.is_empty() && gps.iter().all(|f| f["kind"] == "gps" && f["seq"].as_u64() >= Some(3)));
+    assert!(
+        !gps.is_empty()
+            && gps
+                .iter()
+                .all(|f| f["kind"] == "gps" && f["seq"].as_u64() >= Some(3))
+    );
     let (_, dev) = get("device=sim-obd&vehicle=van-1&limit=10");
-    assert!(dev["frames"].as_array().expect("frames").iter().all(|f| f["device"] == "sim-obd"));
+    assert!(dev["frames"]
+        .as_array()
+        .expect("frames")
+        .iter()
+        .all(|f| f["device"] == "sim-obd"));
     let (_, none) = get("until=1000");
     assert_eq!(none["count"], 0);
     let (code, e) = get("limit=10001");
     assert_eq!(code, 400);
-    assert!(e["error"]["message"].as_str().unwrap_or("").starts_with("limit: "));
+    assert!(e["error"]["message"]
+        .as_str()
+        .unwrap_or("")
+        .starts_with("limit: "));
     let (code, _) = get("limit=abc");
     assert_eq!(code, 400);
     let (code, _) = get("colour=red");
     assert_eq!(code, 400);
 
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
     let text = rt.block_on(async {
-        reqwest::Client::new().get(gw.url("/metrics")).header("x-api-key", &k.read).send().await.expect("metrics").text().await.expect("text")
+        reqwest::Client::new()
+            .get(gw.url("/metrics"))
+            .header("x-api-key", &k.read)
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text")
     });
     assert!(text.contains("# TYPE fieldgate_journal_evicted_total counter"));
     assert!(text.contains("fieldgate_source_frames_total{source=\"sim\",kind=\"sim\"}"));
@@ -130,7 +225,10 @@ fn frames_query_filters_and_limits() {
 fn bad_bodies_get_json_errors_and_the_gateway_survives() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (gw, k) = keyed_gateway(dir.path(), 200);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
     let client = reqwest::Client::new();
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
     let mut bodies: Vec<Vec<u8>> = vec![
@@ -144,20 +242,48 @@ fn bad_bodies_get_json_errors_and_the_gateway_survives() {
     ];
     for _ in 0..40 {
         let len = (x % 300) as usize;
-        bodies.push((0..len).map(|_| { x ^= x << 13; x ^= x >> 7; x ^= x << 17; x as u8 }).collect());
+        bodies.push(
+            (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect(),
+        );
     }
     for (i, body) in bodies.into_iter().enumerate() {
-        let path = if i % 2 == 0 { "/api/devices" } else { "/api/vehicles/v1" };
-        let method = if i % 2 == 0 { reqwest::Method::POST } else { reqwest::Method::PUT };
-        let resp = rt.block_on(client.request(method, gw.url(path)).header("x-api-key", &k.write)
-            .header("content-type", "application/json").body(body).send()).expect("request");
+        let path = if i % 2 == 0 {
+            "/api/devices"
+        } else {
+            "/api/vehicles/v1"
+        };
+        let method = if i % 2 == 0 {
+            reqwest::Method::POST
+        } else {
+            reqwest::Method::PUT
+        };
+        let resp = rt
+            .block_on(
+                client
+                    .request(method, gw.url(path))
+                    .header("x-api-key", &k.write)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send(),
+            )
+            .expect("request");
         let code = resp.status().as_u16();
         assert!((400..500).contains(&code), "body {i}: status {code}");
         let v: serde_json::Value = rt.block_on(resp.json()).expect("JSON error body");
         assert!(v["error"]["message"].is_string(), "body {i}: {v}");
     }
     let (code, e) = http("POST", &gw.url("/api/devices"), Some(&k.write), None);
-    assert_eq!((code, e["error"]["code"].as_str()), (415, Some("unsupported_media_type")));
+    assert_eq!(
+        (code, e["error"]["code"].as_str()),
+        (415, Some("unsupported_media_type"))
+    );
     let (code, _) = http("GET", &gw.url("/api/status"), Some(&k.read), None);
     assert_eq!(code, 200, "gateway still serving");
 }
@@ -167,9 +293,18 @@ fn repeated_bad_keys_are_throttled() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (gw, k) = keyed_gateway(dir.path(), 200);
     for _ in 0..10 {
-        assert_eq!(http("GET", &gw.url("/api/status"), Some("fg_guess"), None).0, 401);
+        assert_eq!(
+            http("GET", &gw.url("/api/status"), Some("fg_guess"), None).0,
+            401
+        );
     }
     let (code, e) = http("GET", &gw.url("/api/status"), Some(&k.read), None);
-    assert_eq!((code, e["error"]["code"].as_str()), (429, Some("throttled")));
-    assert!(!gw.log().contains("fg_guess"), "a presented key reached the log");
+    assert_eq!(
+        (code, e["error"]["code"].as_str()),
+        (429, Some("throttled"))
+    );
+    assert!(
+        !gw.log().contains("fg_guess"),
+        "a presented key reached the log"
+    );
 }

@@ -94,7 +94,8 @@ fn systemd_notify_ready_watchdog_stopping() {
     let dir = tempfile::tempdir().expect("tempdir");
     let sock_path = dir.path().join("notify.sock");
     let sock = UnixDatagram::bind(&sock_path).expect("bind");
-    sock.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
     let sock_s = sock_path.to_string_lossy().to_string();
     let gw = Gateway::demo_env(
         &dir.path().join("journal"),

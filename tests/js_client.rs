@@ -23,5 +23,8 @@ fn node_client_tests_pass_against_the_gateway() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success(), "node --test failed:\n{text}");
-    assert!(text.contains("pass 3"), "expected 3 passing node tests:\n{text}");
+    assert!(
+        text.contains("pass 3"),
+        "expected 3 passing node tests:\n{text}"
+    );
 }

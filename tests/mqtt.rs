@@ -50,9 +50,8 @@ subscriptions = [{{ topic = "fleet/{{vehicle}}/{{device}}/{{kind}}", qos = 1 }}]
         let config = dir.path().join("fieldgate.toml");
         std::fs::write(&config, text).expect("write config");
         let cfg = config.to_string_lossy().to_string();
-        let (code, out, err) = run_cli(&[
-            "keys", "add", "test", "--scopes", "admin", "--config", &cfg,
-        ]);
+        let (code, out, err) =
+            run_cli(&["keys", "add", "test", "--scopes", "admin", "--config", &cfg]);
         assert_eq!(code, 0, "keys add: {err}");
         Setup {
             dir,
@@ -201,7 +200,9 @@ fn broker_restart_mid_stream_reconnects_and_loses_nothing_acked() {
     let st = gw.stop();
     assert!(st.success(), "gateway exit {st}");
     let dups = assert_all_ids(&setup.journal(), N);
-    eprintln!("{N} QoS1 messages across a broker restart: 0 lost, {frames} frames, {dups} duplicates");
+    eprintln!(
+        "{N} QoS1 messages across a broker restart: 0 lost, {frames} frames, {dups} duplicates"
+    );
 }
 
 #[test]
@@ -268,7 +269,11 @@ fn bad_topics_empty_and_oversize_payloads_are_counted_acked_and_logged() {
     let raw = by_kind("raw");
     assert_eq!(raw.payload, serde_json::json!({"raw_b64": "/wAQ"}));
     assert_eq!(
-        (raw.device.as_str(), raw.vehicle.as_deref(), raw.source.as_str()),
+        (
+            raw.device.as_str(),
+            raw.vehicle.as_deref(),
+            raw.source.as_str()
+        ),
         ("can0", Some("van-1"), "mqtt:fleet/van-1/can0/raw")
     );
     assert_eq!(by_kind("rpm").payload, serde_json::json!({"value": 812}));

@@ -11,7 +11,11 @@ use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt")
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("rt")
 }
 
 #[test]
@@ -19,22 +23,47 @@ fn upgrade_auth_subprotocol_and_live_frames() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (gw, k) = keyed_gateway(dir.path(), 50);
     rt().block_on(async {
-        assert_eq!(ws_connect(gw.port, "/", None, Some("tech")).await.err(), Some(401));
-        assert_eq!(ws_connect(gw.port, "/ws", Some("fg_nope"), None).await.err(), Some(401));
-        assert_eq!(ws_connect(gw.port, "/", Some(&k.write), Some("tech")).await.err(), Some(403));
-        let (mut ws, proto) = ws_connect(gw.port, "/", Some(&k.read), Some("tech-laptop, other")).await.expect("connect");
-        assert_eq!(proto.as_deref(), Some("tech-laptop"), "first offered subprotocol echoed");
+        assert_eq!(
+            ws_connect(gw.port, "/", None, Some("tech")).await.err(),
+            Some(401)
+        );
+        assert_eq!(
+            ws_connect(gw.port, "/ws", Some("fg_nope"), None)
+                .await
+                .err(),
+            Some(401)
+        );
+        assert_eq!(
+            ws_connect(gw.port, "/", Some(&k.write), Some("tech"))
+                .await
+                .err(),
+            Some(403)
+        );
+        let (mut ws, proto) = ws_connect(gw.port, "/", Some(&k.read), Some("tech-laptop, other"))
+            .await
+            .expect("connect");
+        assert_eq!(
+            proto.as_deref(),
+            Some("tech-laptop"),
+            "first offered subprotocol echoed"
+        );
         let welcome = ws_next(&mut ws).await.expect("welcome");
         assert_eq!(welcome["type"], "welcome");
         assert_eq!(welcome["data"]["client"], "tech-laptop");
         assert_eq!(welcome["data"]["gateway"], "gw-test");
         let f = ws_next_of(&mut ws, "frame").await;
         assert!(f["data"]["seq"].as_u64().unwrap_or(0) > 0);
-        assert!(f.get("message").is_some(), "TMD envelope has type, message, data");
+        assert!(
+            f.get("message").is_some(),
+            "TMD envelope has type, message, data"
+        );
         let (_, conns) = http_async("GET", &gw.url("/api/connections"), Some(&k.read), None).await;
         let c = &conns["clients"][0];
         assert_eq!(c["name"], "tech-laptop");
-        assert!(c["address"].as_str().unwrap_or("").starts_with("127.0.0.1:"));
+        assert!(c["address"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("127.0.0.1:"));
         assert!(c["connected_at_ms"].as_i64().unwrap_or(0) > 0);
         // api_key query parameter (browsers) works too.
         let url = format!("/ws?api_key={}", k.read);
@@ -46,11 +75,19 @@ fn upgrade_auth_subprotocol_and_live_frames() {
 fn backfill_then_live_is_exactly_contiguous() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (gw, k) = keyed_gateway(dir.path(), 5);
-    let st = gw.status_until(Duration::from_secs(10), |s| s["journal"]["last_seq"].as_u64().unwrap_or(0) >= 300);
+    let st = gw.status_until(Duration::from_secs(10), |s| {
+        s["journal"]["last_seq"].as_u64().unwrap_or(0) >= 300
+    });
     let start_last = st["journal"]["last_seq"].as_u64().unwrap_or(0);
     rt().block_on(async {
-        let (mut ws, _) = ws_connect(gw.port, "/ws", Some(&k.read), None).await.expect("connect");
-        ws_send(&mut ws, json!({"type": "subscribe", "data": {"from_seq": 1}})).await;
+        let (mut ws, _) = ws_connect(gw.port, "/ws", Some(&k.read), None)
+            .await
+            .expect("connect");
+        ws_send(
+            &mut ws,
+            json!({"type": "subscribe", "data": {"from_seq": 1}}),
+        )
+        .await;
         let mut expect = 1u64;
         let mut subscribed = false;
         while expect <= start_last + 400 {
@@ -62,7 +99,9 @@ fn backfill_then_live_is_exactly_contiguous() {
                     assert_eq!(seq, expect, "gap or duplicate at the replay/live seam");
                     expect += 1;
                 }
-                Some("lagged") => panic!("a from_seq client must recover from the journal, not lag"),
+                Some("lagged") => {
+                    panic!("a from_seq client must recover from the journal, not lag")
+                }
                 _ => {}
             }
         }
@@ -74,9 +113,17 @@ fn filters_ping_broadcast_command_and_bad_messages() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (gw, k) = keyed_gateway(dir.path(), 20);
     rt().block_on(async {
-        let (mut a, _) = ws_connect(gw.port, "/ws", Some(&k.publish), Some("a")).await.expect("a");
-        let (mut b, _) = ws_connect(gw.port, "/ws", Some(&k.read), Some("b")).await.expect("b");
-        ws_send(&mut b, json!({"type": "subscribe", "data": {"kinds": ["gps"], "vehicles": ["van-1"]}})).await;
+        let (mut a, _) = ws_connect(gw.port, "/ws", Some(&k.publish), Some("a"))
+            .await
+            .expect("a");
+        let (mut b, _) = ws_connect(gw.port, "/ws", Some(&k.read), Some("b"))
+            .await
+            .expect("b");
+        ws_send(
+            &mut b,
+            json!({"type": "subscribe", "data": {"kinds": ["gps"], "vehicles": ["van-1"]}}),
+        )
+        .await;
         ws_next_of(&mut b, "subscribed").await;
         for _ in 0..10 {
             let f = ws_next_of(&mut b, "frame").await;
@@ -86,13 +133,25 @@ fn filters_ping_broadcast_command_and_bad_messages() {
         assert_eq!(ws_next_of(&mut b, "pong").await["data"]["n"], 7);
 
         // Malformed input: an error reply, and the connection stays usable.
-        for bad in ["{", "[]", "null", "{\"type\": 5}", "{\"type\":\"subscribe\",\"data\":{\"kinds\":\"gps\"}}",
-                    "{\"type\":\"warp\"}", "{\"type\":\"ping\",\"extra\":1}"] {
+        for bad in [
+            "{",
+            "[]",
+            "null",
+            "{\"type\": 5}",
+            "{\"type\":\"subscribe\",\"data\":{\"kinds\":\"gps\"}}",
+            "{\"type\":\"warp\"}",
+            "{\"type\":\"ping\",\"extra\":1}",
+        ] {
             b.send(Message::Text(bad.into())).await.expect("send");
             let e = ws_next_of(&mut b, "error").await;
-            assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{bad}: {e}");
+            assert!(
+                e["message"].as_str().is_some_and(|m| !m.is_empty()),
+                "{bad}: {e}"
+            );
         }
-        b.send(Message::Binary(vec![0xff, 0, 1].into())).await.expect("send");
+        b.send(Message::Binary(vec![0xff, 0, 1].into()))
+            .await
+            .expect("send");
         ws_next_of(&mut b, "error").await;
         ws_send(&mut b, json!({"type": "ping"})).await;
         ws_next_of(&mut b, "pong").await;
@@ -100,32 +159,67 @@ fn filters_ping_broadcast_command_and_bad_messages() {
         // Broadcast needs publish; a read key gets an error, a publish key reaches everyone.
         ws_send(&mut b, json!({"type": "broadcast", "data": "hi"})).await;
         ws_next_of(&mut b, "error").await;
-        ws_send(&mut a, json!({"type": "broadcast", "data": {"text": "coffee break"}})).await;
+        ws_send(
+            &mut a,
+            json!({"type": "broadcast", "data": {"text": "coffee break"}}),
+        )
+        .await;
         let got = ws_next_of(&mut b, "broadcast").await;
         assert_eq!(got["data"]["data"]["text"], "coffee break");
         assert_eq!(got["data"]["from"], "publisher");
 
         // Commands need control and are audited in the journal even when not deliverable.
-        ws_send(&mut a, json!({"type": "command", "data": {"device": "sim-gps", "payload": {"reset": true}}})).await;
-        assert!(ws_next_of(&mut a, "error").await["message"].as_str().unwrap_or("").contains("control"));
-        let (mut c, _) = ws_connect(gw.port, "/ws", Some(&k.control), Some("c")).await.expect("c");
-        ws_send(&mut c, json!({"type": "command", "data": {"device": "sim-gps", "payload": {"reset": true}}})).await;
+        ws_send(
+            &mut a,
+            json!({"type": "command", "data": {"device": "sim-gps", "payload": {"reset": true}}}),
+        )
+        .await;
+        assert!(ws_next_of(&mut a, "error").await["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("control"));
+        let (mut c, _) = ws_connect(gw.port, "/ws", Some(&k.control), Some("c"))
+            .await
+            .expect("c");
+        ws_send(
+            &mut c,
+            json!({"type": "command", "data": {"device": "sim-gps", "payload": {"reset": true}}}),
+        )
+        .await;
         let reply = ws_next_of(&mut c, "error").await;
-        assert!(reply["message"].as_str().unwrap_or("").contains("no command route"), "{reply}");
+        assert!(
+            reply["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("no command route"),
+            "{reply}"
+        );
         let audit_seq = reply["data"]["audit_seq"].as_u64().expect("audited");
-        let (_, q) = http_async("GET", &gw.url("/api/frames?kind=command"), Some(&k.read), None).await;
+        let (_, q) = http_async(
+            "GET",
+            &gw.url("/api/frames?kind=command"),
+            Some(&k.read),
+            None,
+        )
+        .await;
         let audit = &q["frames"][0];
         assert_eq!(audit["seq"].as_u64(), Some(audit_seq));
         assert_eq!(audit["payload"]["by"], "controller");
         assert_eq!(audit["payload"]["payload"]["reset"], true);
 
         // Over 64 KiB: closed with 1009.
-        let huge = format!("{{\"type\":\"ping\",\"data\":\"{}\"}}", "x".repeat(70 * 1024));
+        let huge = format!(
+            "{{\"type\":\"ping\",\"data\":\"{}\"}}",
+            "x".repeat(70 * 1024)
+        );
         let _ = b.send(Message::Text(huge.into())).await;
         let mut code = None;
         while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(10), b.next()).await {
             match msg {
-                Ok(Message::Close(Some(cf))) => { code = Some(u16::from(cf.code)); break; }
+                Ok(Message::Close(Some(cf))) => {
+                    code = Some(u16::from(cf.code));
+                    break;
+                }
                 Ok(_) => continue,
                 Err(_) => break,
             }
@@ -141,12 +235,25 @@ fn random_bytes_over_websocket_never_crash_the_gateway() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (gw, k) = keyed_gateway(dir.path(), 50);
     rt().block_on(async {
-        let (mut ws, _) = ws_connect(gw.port, "/ws", Some(&k.admin), None).await.expect("connect");
+        let (mut ws, _) = ws_connect(gw.port, "/ws", Some(&k.admin), None)
+            .await
+            .expect("connect");
         let mut x: u64 = 0x1234_5678_9abc_def1;
         for i in 0..300 {
             let len = (x % 400) as usize;
-            let bytes: Vec<u8> = (0..len).map(|_| { x ^= x << 13; x ^= x >> 7; x ^= x << 17; x as u8 }).collect();
-            let msg = if i % 2 == 0 { Message::Binary(bytes.into()) } else { Message::Text(String::from_utf8_lossy(&bytes).into_owned().into()) };
+            let bytes: Vec<u8> = (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            let msg = if i % 2 == 0 {
+                Message::Binary(bytes.into())
+            } else {
+                Message::Text(String::from_utf8_lossy(&bytes).into_owned().into())
+            };
             ws.send(msg).await.expect("send");
         }
         ws_send(&mut ws, json!({"type": "ping", "data": "still here"})).await;
@@ -161,15 +268,27 @@ fn a_client_that_never_reads_does_not_hurt_others() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (gw, k) = keyed_gateway(dir.path(), 2);
     let rss = |pid: u32| -> u64 {
-        std::fs::read_to_string(format!("/proc/{pid}/status")).ok()
-            .and_then(|s| s.lines().find_map(|l| l.strip_prefix("VmRSS:").map(|v| v.trim().trim_end_matches(" kB").parse().unwrap_or(0))))
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines().find_map(|l| {
+                    l.strip_prefix("VmRSS:")
+                        .map(|v| v.trim().trim_end_matches(" kB").parse().unwrap_or(0))
+                })
+            })
             .unwrap_or(0)
     };
     rt().block_on(async {
         // The stalled client: connects, asks for everything from seq 1, never reads.
-        let (stalled, _) = ws_connect(gw.port, "/ws", Some(&k.read), Some("stalled")).await.expect("stalled");
-        let (mut live_only, _) = ws_connect(gw.port, "/ws", Some(&k.read), Some("slow")).await.expect("slow");
-        let (mut good, _) = ws_connect(gw.port, "/ws", Some(&k.read), Some("good")).await.expect("good");
+        let (stalled, _) = ws_connect(gw.port, "/ws", Some(&k.read), Some("stalled"))
+            .await
+            .expect("stalled");
+        let (mut live_only, _) = ws_connect(gw.port, "/ws", Some(&k.read), Some("slow"))
+            .await
+            .expect("slow");
+        let (mut good, _) = ws_connect(gw.port, "/ws", Some(&k.read), Some("good"))
+            .await
+            .expect("good");
         ws_send(&mut good, json!({"type": "subscribe", "data": {}})).await;
         ws_next_of(&mut good, "subscribed").await;
         let rss0 = rss(gw.child.id());
@@ -181,7 +300,10 @@ fn a_client_that_never_reads_does_not_hurt_others() {
             match m["type"].as_str() {
                 Some("frame") => {
                     let seq = m["data"]["seq"].as_u64().expect("seq");
-                    assert!(last == 0 || seq == last + 1, "good client missed frames: {last} -> {seq}");
+                    assert!(
+                        last == 0 || seq == last + 1,
+                        "good client missed frames: {last} -> {seq}"
+                    );
                     last = seq;
                     received += 1;
                 }
@@ -189,12 +311,23 @@ fn a_client_that_never_reads_does_not_hurt_others() {
                 _ => {}
             }
         }
-        assert!(received > 500, "good client received only {received} frames");
+        assert!(
+            received > 500,
+            "good client received only {received} frames"
+        );
         let rss1 = rss(gw.child.id());
-        assert!(rss1 < rss0 + 64 * 1024, "gateway RSS grew from {rss0} kB to {rss1} kB");
+        assert!(
+            rss1 < rss0 + 64 * 1024,
+            "gateway RSS grew from {rss0} kB to {rss1} kB"
+        );
         // The non-reading clients are contained: dropped, lagged or disconnected.
         let (_, conns) = http_async("GET", &gw.url("/api/connections"), Some(&k.read), None).await;
-        let good_entry = conns["clients"].as_array().expect("clients").iter().find(|c| c["name"] == "good").cloned();
+        let good_entry = conns["clients"]
+            .as_array()
+            .expect("clients")
+            .iter()
+            .find(|c| c["name"] == "good")
+            .cloned();
         assert_eq!(good_entry.map(|c| c["dropped"].as_u64()), Some(Some(0)));
         drop(stalled);
         let _ = live_only.close(None).await;
@@ -205,19 +338,43 @@ fn a_client_that_never_reads_does_not_hurt_others() {
 fn tail_prints_filtered_frames_from_a_seq() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (gw, k) = keyed_gateway(dir.path(), 20);
-    gw.status_until(Duration::from_secs(10), |s| s["journal"]["last_seq"].as_u64().unwrap_or(0) >= 10);
+    gw.status_until(Duration::from_secs(10), |s| {
+        s["journal"]["last_seq"].as_u64().unwrap_or(0) >= 10
+    });
     let url = format!("ws://127.0.0.1:{}/ws", gw.port);
-    let (code, out, err) = common::run_cli(&["tail", "--url", &url, "--key", &k.read, "--kind", "gps",
-        "--from-seq", "1", "--count", "20", "--json"]);
+    let (code, out, err) = common::run_cli(&[
+        "tail",
+        "--url",
+        &url,
+        "--key",
+        &k.read,
+        "--kind",
+        "gps",
+        "--from-seq",
+        "1",
+        "--count",
+        "20",
+        "--json",
+    ]);
     assert_eq!(code, 0, "{err}");
-    let frames: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).expect("json line")).collect();
+    let frames: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
     assert_eq!(frames.len(), 20);
     assert!(frames.iter().all(|f| f["kind"] == "gps"));
-    assert!(frames.windows(2).all(|w| w[0]["seq"].as_u64() < w[1]["seq"].as_u64()));
-    assert!(frames[0]["seq"].as_u64() <= Some(2), "replay starts at the beginning");
-    let (code, _, err) = common::run_cli(&["tail", "--url", &url, "--key", "fg_bad", "--count", "1"]);
+    assert!(frames
+        .windows(2)
+        .all(|w| w[0]["seq"].as_u64() < w[1]["seq"].as_u64()));
+    assert!(
+        frames[0]["seq"].as_u64() <= Some(2),
+        "replay starts at the beginning"
+    );
+    let (code, _, err) =
+        common::run_cli(&["tail", "--url", &url, "--key", "fg_bad", "--count", "1"]);
     assert_ne!(code, 0);
     assert!(err.contains("401"), "{err}");
-    let (code, out, _) = common::run_cli(&["tail", "--url", &url, "--key", &k.read, "--count", "3"]);
+    let (code, out, _) =
+        common::run_cli(&["tail", "--url", &url, "--key", &k.read, "--count", "3"]);
     assert_eq!((code, out.lines().count()), (0, 3));
 }

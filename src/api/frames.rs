@@ -2,8 +2,8 @@
 
 use super::{ApiError, AppState, Auth};
 use crate::auth::Scope;
-use axum::extract::{Query, State};
 use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -85,5 +85,7 @@ pub async fn query(
     })
     .await
     .map_err(ApiError::internal)?;
-    Ok(Json(json!({"count": frames.len(), "frames": frames, "next_seq": next_seq})))
+    Ok(Json(
+        json!({"count": frames.len(), "frames": frames, "next_seq": next_seq}),
+    ))
 }

@@ -269,7 +269,10 @@ async fn readyz(State(st): State<AppState>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (code, Json(json!({"ready": ready, "durable_seq": stats.durable_seq, "not_yet_durable": behind})))
+    (
+        code,
+        Json(json!({"ready": ready, "durable_seq": stats.durable_seq, "not_yet_durable": behind})),
+    )
         .into_response()
 }
 
@@ -306,9 +309,5 @@ async fn connections(auth: Auth, State(st): State<AppState>) -> Result<Json<Valu
 async fn metrics(auth: Auth, State(st): State<AppState>) -> Result<Response, ApiError> {
     auth.require(Scope::Read)?;
     let body = crate::metrics::render(&st);
-    Ok((
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        body,
-    )
-        .into_response())
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response())
 }

@@ -1,10 +1,10 @@
 //! `fieldgate bench ...`: measurements that print numbers (README quotes them).
 
 mod journal;
-mod ws;
 mod mongo;
 mod mqtt;
 mod serial;
+mod ws;
 
 use clap::Subcommand;
 

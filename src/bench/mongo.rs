@@ -168,32 +168,35 @@ fn acked(states: &SinkStates) -> u64 {
 /// Run `bench mongo`.
 pub fn run(args: MongoArgs) -> anyhow::Result<()> {
     let dir = scratch("run")?;
+    let result = run_in(&args, &dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn run_in(args: &MongoArgs, dir: &std::path::Path) -> anyhow::Result<()> {
     let (_server, uri) = match args.uri.clone() {
         Some(u) => {
             println!("server: {u}");
             (None, u)
         }
         None => {
-            let (s, u) = start_secantusd(args.secantusd.clone(), &dir)?;
+            let (s, u) = start_secantusd(args.secantusd.clone(), dir)?;
             (Some(s), u)
         }
     };
     let rt = tokio::runtime::Runtime::new()?;
-    let result = rt.block_on(async {
+    rt.block_on(async {
         let c = client(&uri).await?;
         let db = format!("fieldgate_bench_{}", fieldgate::frame::now_ms());
         if matches!(args.mode.as_str(), "drain" | "all") {
-            drain(&args, &uri, &c, &db, &dir).await?;
+            drain(args, &uri, &c, &db, dir).await?;
         }
         if matches!(args.mode.as_str(), "steady" | "all") {
-            steady(&args, &uri, &db, &dir).await?;
+            steady(args, &uri, &db, dir).await?;
         }
         let _ = c.database(&db).drop().await;
         anyhow::Ok(())
-    });
-    drop(rt);
-    let _ = std::fs::remove_dir_all(&dir);
-    result
+    })
 }
 
 async fn drain(

@@ -139,7 +139,10 @@ fn payload(i: u64, size: usize) -> Vec<u8> {
     .to_string();
     if s.len() + 12 < size {
         s.pop();
-        s.push_str(&format!(",\"pad\":\"{}\"}}", "x".repeat(size - s.len() - 10)));
+        s.push_str(&format!(
+            ",\"pad\":\"{}\"}}",
+            "x".repeat(size - s.len() - 10)
+        ));
     }
     s.into_bytes()
 }
@@ -180,7 +183,11 @@ async fn subscriber(port: u16, n: u64, res: Arc<SubResult>, stop: Arc<AtomicBool
     o.set_keep_alive(Duration::from_secs(30))
         .set_max_packet_size(1 << 20, 1 << 20);
     let (client, mut ev) = AsyncClient::new(o, 100);
-    if client.subscribe("fleet/+/+/+", QoS::AtLeastOnce).await.is_err() {
+    if client
+        .subscribe("fleet/+/+/+", QoS::AtLeastOnce)
+        .await
+        .is_err()
+    {
         return;
     }
     while !stop.load(Relaxed) {
@@ -240,7 +247,12 @@ async fn publisher(
     let mut warm = 0u64;
     while !warmed.load(Relaxed) {
         let _ = client
-            .publish("fleet/warm/up/json", QoS::AtLeastOnce, false, b"{}".to_vec())
+            .publish(
+                "fleet/warm/up/json",
+                QoS::AtLeastOnce,
+                false,
+                b"{}".to_vec(),
+            )
             .await;
         warm += 1;
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -252,7 +264,11 @@ async fn publisher(
     let t0 = Instant::now();
     for (i, m) in messages.into_iter().enumerate() {
         let topic = format!("fleet/van-{:02}/dev-{}/telemetry", i % 16, i % 4);
-        if client.publish(topic, QoS::AtLeastOnce, false, m).await.is_err() {
+        if client
+            .publish(topic, QoS::AtLeastOnce, false, m)
+            .await
+            .is_err()
+        {
             break;
         }
     }

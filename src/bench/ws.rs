@@ -94,12 +94,17 @@ fn proc_usage(pid: u32) -> (f64, u64) {
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 async fn wait_port(port: u16) -> anyhow::Result<()> {
     for _ in 0..200 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -128,9 +133,17 @@ async fn publish(port: u16, rate: u64, secs: u64) -> anyhow::Result<u64> {
     for n in 0..total {
         let due = t0 + Duration::from_nanos(n * 1_000_000_000 / rate);
         tokio::time::sleep_until(due.into()).await;
-        let body = format!("{{\"t_ns\":{},\"n\":{n},\"speed_kmh\":42.5,\"pad\":\"{pad}\"}}", unix_ns());
+        let body = format!(
+            "{{\"t_ns\":{},\"n\":{n},\"speed_kmh\":42.5,\"pad\":\"{pad}\"}}",
+            unix_ns()
+        );
         client
-            .publish(format!("bench/dev{}/json", n % 4), QoS::AtLeastOnce, false, body)
+            .publish(
+                format!("bench/dev{}/json", n % 4),
+                QoS::AtLeastOnce,
+                false,
+                body,
+            )
             .await?;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -142,7 +155,8 @@ async fn publish(port: u16, rate: u64, secs: u64) -> anyhow::Result<u64> {
 /// A minimal MQTT 3.1.1 over WebSocket subscriber (QoS 0), fed to `tally`.
 async fn mqtt_ws_subscriber(port: u16, id: usize, tally: Arc<Tally>) -> anyhow::Result<()> {
     let mut req = format!("ws://127.0.0.1:{port}/mqtt").into_client_request()?;
-    req.headers_mut().insert("sec-websocket-protocol", "mqtt".parse()?);
+    req.headers_mut()
+        .insert("sec-websocket-protocol", "mqtt".parse()?);
     let (mut ws, _) = tokio_tungstenite::connect_async(req).await?;
     let cid = format!("bench-ws-{id}");
     let mut connect = vec![0x00, 0x04, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60];
@@ -165,8 +179,7 @@ async fn mqtt_ws_subscriber(port: u16, id: usize, tally: Arc<Tally>) -> anyhow::
         loop {
             // fixed header + varint remaining length
             let (mut len, mut mul, mut i) = (0usize, 1usize, 1usize);
-            loop {
-                let Some(&byte) = buf.get(i) else { break };
+            while let Some(&byte) = buf.get(i) {
                 len += usize::from(byte & 0x7f) * mul;
                 mul *= 128;
                 i += 1;
@@ -327,7 +340,10 @@ pub fn run(a: WsArgs) -> anyhow::Result<()> {
 mod tests {
     #[test]
     fn finds_the_stamp() {
-        assert_eq!(super::stamp(br#"{"data":{"payload":{"t_ns":12345,"n":1}}}"#), Some(12345));
+        assert_eq!(
+            super::stamp(br#"{"data":{"payload":{"t_ns":12345,"n":1}}}"#),
+            Some(12345)
+        );
         assert_eq!(super::stamp(b"no stamp"), None);
     }
 }

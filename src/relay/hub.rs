@@ -123,7 +123,9 @@ impl CommandRoutes {
             .get(device)
             .ok_or_else(|| format!("device {device:?} has no command route"))?;
         tx.try_send(payload).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => format!("device {device:?} command queue is full"),
+            mpsc::error::TrySendError::Full(_) => {
+                format!("device {device:?} command queue is full")
+            }
             mpsc::error::TrySendError::Closed(_) => format!("device {device:?} is not connected"),
         })
     }

@@ -62,7 +62,9 @@ impl Filters {
             list.as_ref()
                 .is_none_or(|l| v.is_some_and(|v| l.iter().any(|x| x == v)))
         };
-        ok(&self.devices, Some(device)) && ok(&self.vehicles, vehicle) && ok(&self.kinds, Some(kind))
+        ok(&self.devices, Some(device))
+            && ok(&self.vehicles, vehicle)
+            && ok(&self.kinds, Some(kind))
     }
 }
 
@@ -185,7 +187,8 @@ impl Session {
         };
         match &end {
             End::Close(code, why) => {
-                let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(close(*code, why))).await;
+                let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(close(*code, why)))
+                    .await;
             }
             End::Shutdown => {
                 let _ = tokio::time::timeout(
@@ -211,7 +214,9 @@ impl Session {
         match f {
             Ok(f) => {
                 if f.seq <= self.last_sent
-                    || !self.filters.matches(&f.device, f.vehicle.as_deref(), &f.kind)
+                    || !self
+                        .filters
+                        .matches(&f.device, f.vehicle.as_deref(), &f.kind)
                 {
                     return Ok(());
                 }
@@ -223,7 +228,8 @@ impl Session {
             }
             Err(RecvError::Lagged(n)) => {
                 let now = Instant::now();
-                self.lag_events.retain(|t| now.duration_since(*t) < LAG_WINDOW);
+                self.lag_events
+                    .retain(|t| now.duration_since(*t) < LAG_WINDOW);
                 self.lag_events.push(now);
                 if self.complete {
                     // Completeness wanted: pick up again from the journal.
@@ -235,7 +241,16 @@ impl Session {
                 if self.lag_events.len() >= LAG_LIMIT {
                     return Err(End::Close(1008, "client persistently too slow"));
                 }
-                send(sink, tmd("lagged", "client too slow; oldest frames dropped", json!({"dropped": n})).into()).await
+                send(
+                    sink,
+                    tmd(
+                        "lagged",
+                        "client too slow; oldest frames dropped",
+                        json!({"dropped": n}),
+                    )
+                    .into(),
+                )
+                .await
             }
             Err(RecvError::Closed) => Err(End::Shutdown),
         }
@@ -275,7 +290,10 @@ impl Session {
             None => return Err(End::Closed),
             Some(Err(e)) => {
                 let text = e.to_string();
-                if text.contains("Space limit exceeded") || text.contains("too long") || text.contains("too big") {
+                if text.contains("Space limit exceeded")
+                    || text.contains("too long")
+                    || text.contains("too big")
+                {
                     return Err(End::Close(1009, "message too big (limit 64 KiB)"));
                 }
                 tracing::debug!(error = %text, "websocket read error");
@@ -287,7 +305,13 @@ impl Session {
             Message::Text(t) => t,
             Message::Close(_) => return Err(End::Closed),
             Message::Ping(_) | Message::Pong(_) => return Ok(()),
-            Message::Binary(_) => return send(sink, self.error("binary messages are not supported; send TMD JSON text")).await,
+            Message::Binary(_) => {
+                return send(
+                    sink,
+                    self.error("binary messages are not supported; send TMD JSON text"),
+                )
+                .await
+            }
         };
         let parsed: Incoming = match serde_json::from_str(&text) {
             Ok(m) => m,
@@ -299,7 +323,11 @@ impl Session {
         match parsed.kind.as_str() {
             "ping" => send(sink, tmd("pong", "pong", parsed.data).into()).await,
             "subscribe" => {
-                let data = if parsed.data.is_null() { json!({}) } else { parsed.data };
+                let data = if parsed.data.is_null() {
+                    json!({})
+                } else {
+                    parsed.data
+                };
                 let filters: Filters = match serde_json::from_value(data) {
                     Ok(f) => f,
                     Err(e) => return send(sink, self.error(&format!("bad subscribe: {e}"))).await,
@@ -311,20 +339,30 @@ impl Session {
                 self.replay = filters.from_seq.map(|s| s.max(1));
                 self.active = true;
                 let shown = serde_json::to_value(&filters).unwrap_or(Value::Null);
-                self.ctx.hub.update_client(self.id, |c| c.filters = shown.clone());
+                self.ctx
+                    .hub
+                    .update_client(self.id, |c| c.filters = shown.clone());
                 self.filters = filters;
                 send(sink, tmd("subscribed", "subscribed", shown).into()).await
             }
             "unsubscribe" => {
                 self.active = false;
                 self.replay = None;
-                send(sink, tmd("subscribed", "unsubscribed", json!({"active": false})).into()).await
+                send(
+                    sink,
+                    tmd("subscribed", "unsubscribed", json!({"active": false})).into(),
+                )
+                .await
             }
             "broadcast" => {
                 if !self.key.allows(Scope::Publish) {
                     return send(sink, self.error("broadcast needs the publish scope")).await;
                 }
-                let msg = tmd("broadcast", "broadcast", json!({"from": self.key.name, "data": parsed.data}));
+                let msg = tmd(
+                    "broadcast",
+                    "broadcast",
+                    json!({"from": self.key.name, "data": parsed.data}),
+                );
                 self.ctx.hub.broadcast(msg);
                 Ok(())
             }
@@ -358,7 +396,11 @@ impl Session {
         let seq = self.ctx.journal.append(audit).ok();
         tracing::info!(device = %cmd.device, by = %self.key.name, ?seq, routed = routed.is_ok(), "command audited");
         match routed {
-            Ok(()) => tmd("command", "sent", json!({"device": cmd.device, "audit_seq": seq})),
+            Ok(()) => tmd(
+                "command",
+                "sent",
+                json!({"device": cmd.device, "audit_seq": seq}),
+            ),
             Err(e) => tmd("error", &e, json!({"device": cmd.device, "audit_seq": seq})),
         }
     }

@@ -180,7 +180,10 @@ mod tests {
         let a = parse_url("mqtt://127.0.0.1:1884").expect("plain");
         assert_eq!((a.tls, a.host.as_str(), a.port), (false, "127.0.0.1", 1884));
         let a = parse_url("mqtts://broker.example").expect("tls");
-        assert_eq!((a.tls, a.host.as_str(), a.port), (true, "broker.example", 8883));
+        assert_eq!(
+            (a.tls, a.host.as_str(), a.port),
+            (true, "broker.example", 8883)
+        );
         let a = parse_url("mqtt://[::1]:1999/").expect("v6");
         assert_eq!((a.host.as_str(), a.port), ("::1", 1999));
         for bad in [
@@ -210,7 +213,9 @@ mod tests {
         let e = sample("fleet/+/x")
             .validate("sources.mqtt[0]")
             .expect_err("wildcard");
-        assert!(e.to_string().starts_with("sources.mqtt[0].subscriptions[0].topic"));
+        assert!(e
+            .to_string()
+            .starts_with("sources.mqtt[0].subscriptions[0].topic"));
         let mut c = sample("a/{device}");
         c.client_id.clear();
         let e = c.validate("k").expect_err("client id");

@@ -75,10 +75,22 @@ impl Gateway {
     /// `fieldgate run --config FILE` where the config listens on `port`.
     pub fn run(config: &Path, port: u16, key: &str, logs_in: &Path) -> Gateway {
         let cfg = config.to_string_lossy().to_string();
-        Gateway::spawn(&["run", "--config", &cfg], port, key.to_string(), logs_in, &[])
+        Gateway::spawn(
+            &["run", "--config", &cfg],
+            port,
+            key.to_string(),
+            logs_in,
+            &[],
+        )
     }
 
-    fn spawn(args: &[&str], port: u16, key: String, logs_in: &Path, env: &[(&str, &str)]) -> Gateway {
+    fn spawn(
+        args: &[&str],
+        port: u16,
+        key: String,
+        logs_in: &Path,
+        env: &[(&str, &str)],
+    ) -> Gateway {
         std::fs::create_dir_all(logs_in).expect("log dir");
         let stderr_log = logs_in.join(format!("gateway-{port}.log"));
         let err = std::fs::File::create(&stderr_log).expect("log file");

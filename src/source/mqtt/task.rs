@@ -11,8 +11,8 @@ use crate::journal::{Journal, JournalError};
 use crate::source::{SourceCtx, SourceSlot};
 use rumqttc::mqttbytes::Error as PacketError;
 use rumqttc::{
-    AsyncClient, ConnectionError, Event, MqttOptions, Packet, Publish, QoS, Request,
-    StateError, Subscribe, SubscribeFilter, SubscribeReasonCode, Transport,
+    AsyncClient, ConnectionError, Event, MqttOptions, Packet, Publish, QoS, Request, StateError,
+    Subscribe, SubscribeFilter, SubscribeReasonCode, Transport,
 };
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -271,7 +271,11 @@ impl Source {
             totals = ack_task.await.ok();
         }
         if let Some(totals) = totals {
-            tracing::info!(acked = totals.acked, stale = totals.stale, "MQTT source stopped");
+            tracing::info!(
+                acked = totals.acked,
+                stale = totals.stale,
+                "MQTT source stopped"
+            );
         }
         slot.set_state("stopped", None);
     }
@@ -301,7 +305,11 @@ impl Source {
         if p.qos != QoS::AtMostOnce {
             pending.pkids.push(p.pkid);
         }
-        let Some(ids) = self.patterns.iter().find_map(|pat| pat.match_topic(&p.topic)) else {
+        let Some(ids) = self
+            .patterns
+            .iter()
+            .find_map(|pat| pat.match_topic(&p.topic))
+        else {
             self.reject(Reject::WrongTopic, &p, slot);
             return;
         };

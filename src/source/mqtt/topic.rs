@@ -34,7 +34,9 @@ pub enum PatternError {
     #[error("the pattern is empty")]
     Empty,
     /// MQTT wildcards are not allowed; placeholders say what a level means.
-    #[error("wildcards (+, #) are not allowed; use {{vehicle}}, {{device}}, {{kind}} placeholders")]
+    #[error(
+        "wildcards (+, #) are not allowed; use {{vehicle}}, {{device}}, {{kind}} placeholders"
+    )]
     Wildcard,
     /// A `{...}` that is not one of the known placeholders, or not a whole level.
     #[error("unknown placeholder or partial level {0:?}; expected {{vehicle}}, {{device}} or {{kind}} as a whole level")]
