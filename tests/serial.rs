@@ -244,6 +244,30 @@ fn serial_source_runs_in_the_binary_from_a_config_file() {
         json!({"bad_json": 1})
     );
     assert_eq!(st["sources"]["sensor"]["kind"], "serial");
+
+    // A WebSocket `command` for the device is written to its port (and audited).
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    let reply = rt.block_on(async {
+        let (mut ws, _) = common::ws_connect(port, "/ws", Some(key.trim()), Some("tech"))
+            .await
+            .expect("ws");
+        common::ws_send(
+            &mut ws,
+            json!({"type": "command", "data": {"device": "mcu-1", "payload": {"led": "on"}}}),
+        )
+        .await;
+        common::ws_next_of(&mut ws, "command").await
+    });
+    assert_eq!(reply["message"], "sent", "{reply}");
+    let wrote = dev.read_until(b"{\"led\":\"on\"}\r\n", LONG);
+    assert!(
+        String::from_utf8_lossy(&wrote).contains("{\"led\":\"on\"}\r\n"),
+        "device got {:?}",
+        String::from_utf8_lossy(&wrote)
+    );
     assert!(gw.stop().success());
 
     let j = Journal::open(JournalConfig {
@@ -251,7 +275,12 @@ fn serial_source_runs_in_the_binary_from_a_config_file() {
         ..JournalConfig::default()
     })
     .expect("reopen journal");
-    let frames = j.range(1, usize::MAX);
+    let (audit, frames): (Vec<_>, Vec<_>) = j
+        .range(1, usize::MAX)
+        .into_iter()
+        .partition(|f| f.kind == "command");
+    assert_eq!(audit.len(), 1, "the command is audited in the journal");
+    assert_eq!(audit[0].payload["routed"], true);
     assert_eq!(frames.len(), 20);
     assert_eq!(frames[3].payload, json!({"temp_c": 3.5}));
     assert_eq!(

@@ -19,6 +19,7 @@ use futures_util::{FutureExt, StreamExt};
 use serde::Deserialize;
 use std::path::PathBuf;
 use std::time::Duration;
+use tokio::io::AsyncWriteExt;
 use tokio_serial::SerialStream;
 use tokio_util::codec::FramedRead;
 use tracing::Instrument;
@@ -51,7 +52,7 @@ pub struct SerialConfig {
 }
 
 fn default_gather_ms() -> u64 {
-    20
+    100
 }
 
 fn default_max_frame() -> Positive {
@@ -156,13 +157,29 @@ async fn read_port(
 ) -> Ended {
     let max_frame = usize::try_from(cfg.max_frame.0).unwrap_or(usize::MAX);
     let decoder = FrameDecoder::new(cfg.framing, max_frame);
-    let mut framed = FramedRead::with_capacity(stream, decoder, READ_BUFFER);
+    let (reader, mut writer) = tokio::io::split(stream);
+    let mut framed = FramedRead::with_capacity(reader, decoder, READ_BUFFER);
     let source = format!("serial:{}", cfg.name);
     let mut batch: Vec<Frame> = Vec::new();
+    // `command`s for this device are written to the port while it is open.
+    let (cmd_tx, mut commands) = tokio::sync::mpsc::channel(COMMAND_QUEUE);
+    ctx.commands.register(&cfg.device, cmd_tx);
     loop {
         let mut item = tokio::select! {
             biased;
             _ = ctx.shutdown.cancelled() => return Ended::Shutdown,
+            Some(cmd) = commands.recv() => {
+                match command_bytes(cfg.framing, &cmd) {
+                    Ok(bytes) => {
+                        if let Err(e) = writer.write_all(&bytes).await {
+                            return Ended::Lost(e);
+                        }
+                        tracing::info!(device = %cfg.device, bytes = bytes.len(), "command written to the port");
+                    }
+                    Err(e) => tracing::warn!(device = %cfg.device, error = %e, "command not written"),
+                }
+                continue;
+            }
             item = framed.next() => item,
         };
         // Take everything already buffered, then journal it in one go.
@@ -212,6 +229,41 @@ async fn read_port(
             }
         }
     }
+}
+
+/// Commands queued per port before `command` reports the queue full.
+const COMMAND_QUEUE: usize = 16;
+
+/// The bytes a `command` payload becomes on the wire: a string as a line, `{"raw_b64"}` as
+/// raw bytes, any other JSON as one line of JSON; COBS and len+CRC ports frame it.
+pub fn command_bytes(framing: Framing, payload: &serde_json::Value) -> Result<Vec<u8>, String> {
+    use base64::Engine;
+    let body: Vec<u8> = match payload {
+        serde_json::Value::String(s) => s.as_bytes().to_vec(),
+        serde_json::Value::Object(m) if m.len() == 1 && m.contains_key("raw_b64") => {
+            let b64 = m.get("raw_b64").and_then(|v| v.as_str()).unwrap_or("");
+            base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .map_err(|e| format!("raw_b64: {e}"))?
+        }
+        other => other.to_string().into_bytes(),
+    };
+    Ok(match framing {
+        Framing::Cobs => crate::source::framing::encode_cobs(&body),
+        Framing::LenCrc16 if body.len() <= usize::from(u16::MAX) => {
+            crate::source::framing::encode_len_crc16(&body)
+        }
+        Framing::LenCrc16 => {
+            return Err(format!("{} bytes exceed the 65535-byte frame", body.len()))
+        }
+        Framing::Lines | Framing::Nmea | Framing::Jsonl => {
+            let mut line = body;
+            if !line.ends_with(b"\n") {
+                line.extend_from_slice(b"\r\n");
+            }
+            line
+        }
+    })
 }
 
 /// A good framed item as a frame of this port.

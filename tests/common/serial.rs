@@ -46,6 +46,30 @@ impl Device {
         self.slave = None;
     }
 
+    /// Bytes the gateway wrote to the device, waiting until `want` appear or `limit` passes.
+    pub fn read_until(&mut self, want: &[u8], limit: Duration) -> Vec<u8> {
+        use std::io::Read;
+        let m = self.master.as_ref().expect("device is plugged");
+        let mut reader = m.try_clone().expect("clone master");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = reader.read(&mut buf) {
+                if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                    break;
+                }
+            }
+        });
+        let t0 = Instant::now();
+        let mut got = Vec::new();
+        while t0.elapsed() < limit && !got.windows(want.len()).any(|w| w == want) {
+            if let Ok(chunk) = rx.recv_timeout(Duration::from_millis(100)) {
+                got.extend(chunk);
+            }
+        }
+        got
+    }
+
     /// Writes all of `bytes` (blocks while the pty buffer is full).
     pub fn write(&mut self, bytes: &[u8]) {
         let m = self.master.as_mut().expect("device is plugged");
