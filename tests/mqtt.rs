@@ -278,3 +278,58 @@ fn bad_topics_empty_and_oversize_payloads_are_counted_acked_and_logged() {
     );
     assert_eq!(by_kind("rpm").payload, serde_json::json!({"value": 812}));
 }
+
+#[test]
+fn websocket_commands_are_published_to_the_device_command_topic() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = Mosquitto::start(dir.path(), 100);
+    let setup = Setup::new(&broker.url());
+    // [[sources.mqtt]] is the config's last table: append its command topic.
+    let cfg = setup.dir.path().join("fieldgate.toml");
+    let mut text = std::fs::read_to_string(&cfg).expect("config");
+    text.push_str("command_topic = \"fleet/{vehicle}/{device}/cmd\"\n");
+    std::fs::write(&cfg, text).expect("config");
+    // A device-side listener with a persistent session: the broker queues its commands.
+    common::mqtt::presubscribe(broker.port, "device-gps0", "fleet/van-1/gps0/cmd");
+    let gw = setup.start();
+    common::mqtt::publish_all(
+        broker.port,
+        "device-gps0-pub",
+        vec![("fleet/van-1/gps0/gps".into(), br#"{"lat": 53.5}"#.to_vec())],
+    );
+    gw.status_until(Duration::from_secs(30), |s| source(s)["frames"] == 1);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    let reply = rt.block_on(async {
+        let (mut ws, _) = common::ws_connect(setup.port, "/ws", Some(&setup.key), Some("tech"))
+            .await
+            .expect("ws");
+        common::ws_send(
+            &mut ws,
+            serde_json::json!({"type": "command",
+            "data": {"device": "gps0", "payload": {"rate_hz": 5}}}),
+        )
+        .await;
+        common::ws_next_of(&mut ws, "command").await
+    });
+    assert_eq!(reply["message"], "sent", "{reply}");
+    let got = rt.block_on(async {
+        let mut o = rumqttc::MqttOptions::new("device-gps0", "127.0.0.1", broker.port);
+        o.set_clean_session(false);
+        let (_client, mut ev) = rumqttc::AsyncClient::new(o, 10);
+        tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                if let Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) = ev.poll().await {
+                    return (p.topic, p.payload.to_vec());
+                }
+            }
+        })
+        .await
+        .expect("command delivered to the device within 20 s")
+    });
+    assert_eq!(got.0, "fleet/van-1/gps0/cmd");
+    assert_eq!(got.1, br#"{"rate_hz":5}"#.to_vec());
+    assert!(gw.stop().success());
+}

@@ -52,6 +52,9 @@ pub struct MqttConfig {
     pub vehicle: Option<String>,
     /// Topic patterns; `{vehicle}`, `{device}`, `{kind}` fill the frame's ids.
     pub subscriptions: Vec<Subscription>,
+    /// Where WebSocket `command`s for a device seen on this broker are published (QoS1),
+    /// e.g. `fleet/{vehicle}/{device}/cmd`; absent = devices here take no commands.
+    pub command_topic: Option<String>,
 }
 
 /// One subscription.
@@ -140,6 +143,14 @@ impl MqttConfig {
                 format!("{key}.client_id"),
                 "expected a non-empty, stable client id (the broker keeps our session under it)",
             ));
+        }
+        if let Some(t) = &self.command_topic {
+            if !t.contains("{device}") || t.contains(['+', '#']) {
+                return Err(ConfigError::invalid(
+                    format!("{key}.command_topic"),
+                    format!("expected a topic with a {{device}} placeholder and no wildcards, got {t:?}"),
+                ));
+            }
         }
         if self.ca_file.is_some() && !self.url.starts_with("mqtts://") {
             return Err(ConfigError::invalid(

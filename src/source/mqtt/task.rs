@@ -53,6 +53,38 @@ pub async fn run(cfg: MqttConfig, ctx: SourceCtx) {
     .await
 }
 
+/// Make `command`s for the frame's device publish to its command topic on this broker.
+fn route_commands(
+    pattern: &str,
+    f: &Frame,
+    client: &AsyncClient,
+    commands: &crate::relay::hub::CommandRoutes,
+) {
+    let topic = pattern
+        .replace("{device}", &f.device)
+        .replace("{vehicle}", f.vehicle.as_deref().unwrap_or("_"))
+        .replace("{kind}", "cmd");
+    let (tx, mut rx) = mpsc::channel::<serde_json::Value>(16);
+    commands.register(&f.device, tx);
+    let client = client.clone();
+    let device = f.device.clone();
+    tokio::spawn(
+        async move {
+            while let Some(cmd) = rx.recv().await {
+                let body = match cmd {
+                    serde_json::Value::String(s) => s,
+                    other => other.to_string(),
+                };
+                match client.publish(&topic, QoS::AtLeastOnce, false, body).await {
+                    Ok(()) => tracing::info!(%device, %topic, "command published"),
+                    Err(e) => tracing::warn!(%device, error = %e, "command not published"),
+                }
+            }
+        }
+        .in_current_span(),
+    );
+}
+
 /// Rate-limited log state for one reject reason.
 #[derive(Default)]
 struct RejectLog {
@@ -140,9 +172,10 @@ impl Source {
             journal,
             slot,
             shutdown,
-            ..
+            commands,
         } = ctx;
         let (client, mut eventloop) = AsyncClient::new(self.options.clone(), REQUEST_CAP);
+        let mut routed = std::collections::HashSet::new();
         let generation = Generation::default();
         let (ack_tx, ack_rx) = mpsc::channel::<AckBatch>(ACK_QUEUE);
         let ack_stop = CancellationToken::new();
@@ -169,7 +202,14 @@ impl Source {
             };
             match ev {
                 Ok(Event::Incoming(Packet::Publish(p))) => {
-                    self.on_publish(p, &gateway, &slot, &mut pending)
+                    self.on_publish(p, &gateway, &slot, &mut pending);
+                    if let (Some(pattern), Some(f)) =
+                        (&self.cfg.command_topic, pending.frames.last())
+                    {
+                        if routed.insert(f.device.clone()) {
+                            route_commands(pattern, f, &client, &commands);
+                        }
+                    }
                 }
                 Ok(Event::Incoming(Packet::ConnAck(c))) => {
                     backoff = BACKOFF_MIN;
