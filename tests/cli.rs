@@ -120,3 +120,23 @@ fn keys_then_run_from_config_serves_status_with_that_key() {
     let (code, out, _) = run_cli(&["keys", "revoke", "tech", "--config", &cfg_s]);
     assert_eq!((code, out.trim()), (0, "revoked 1 key(s)"));
 }
+
+#[test]
+fn shipped_example_config_and_hardware_profiles_are_valid() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let example = root.join("hardware/fieldgate.toml");
+    let (code, out, err) = run_cli(&["check-config", &example.to_string_lossy()]);
+    assert_eq!(code, 0, "hardware/fieldgate.toml: {err}");
+    assert!(out.contains("ok"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut n = 0;
+    for entry in std::fs::read_dir(root.join("hardware/profiles")).expect("profiles") {
+        let path = entry.expect("entry").path();
+        let snippet = std::fs::read_to_string(&path).expect("profile");
+        let cfg = write_config(dir.path(), &format!("[gateway]\nid = \"t\"\n{snippet}"));
+        let (code, _, err) = run_cli(&["check-config", &cfg.to_string_lossy()]);
+        assert_eq!(code, 0, "{}: {err}", path.display());
+        n += 1;
+    }
+    assert!(n >= 4, "expected the four hardware profiles, found {n}");
+}
