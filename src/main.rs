@@ -46,6 +46,10 @@ enum Cmd {
         /// Sync the simulated vehicle to this MongoDB server.
         #[arg(long)]
         mongo_uri: Option<String>,
+        /// Journal the simulated vehicle directly instead of through pseudo-terminals
+        /// (e.g. under qemu-user, where the pty-fed serial sources do not open).
+        #[arg(long)]
+        direct: bool,
     },
     /// Validate a config file: exit 0, or name the bad key and why.
     CheckConfig {
@@ -145,7 +149,7 @@ impl JournalAt {
 }
 
 /// The demo's built-in configuration.
-fn demo_config(listen: SocketAddr, data: PathBuf) -> Config {
+fn demo_config(listen: SocketAddr, data: PathBuf, direct: bool) -> Config {
     let mut cfg = Config {
         gateway: GatewayConfig { id: "demo".into() },
         journal: JournalConfig {
@@ -163,6 +167,9 @@ fn demo_config(listen: SocketAddr, data: PathBuf) -> Config {
     // The simulated vehicle speaks NMEA and ELM327 on pseudo-terminals, published as links
     // in a per-run directory; the serial and OBD sources read them like real devices.
     let links = std::env::temp_dir().join(format!("fieldgate-demo-{}", std::process::id()));
+    if direct {
+        return cfg;
+    }
     if let Err(e) = fieldgate::source::sim_devices::wire_demo(&mut cfg.sources, &links) {
         tracing::warn!(error = %e, "demo falls back to the in-process simulator");
     }
@@ -220,9 +227,10 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             data,
             api_key,
             mongo_uri,
+            direct,
         } => {
             init_logging("info");
-            let mut cfg = demo_config(listen, data);
+            let mut cfg = demo_config(listen, data, direct);
             if let Some(uri) = mongo_uri {
                 cfg.mongo = Some(fieldgate::sink::mongo::MongoConfig::with_uri(uri));
             }
