@@ -112,8 +112,47 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({"error": {"code": self.code, "message": self.message}});
-        (self.status, Json(body)).into_response()
+        let mut resp = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::PAYLOAD_TOO_LARGE {
+            // The rest of an oversize body may still be in flight: tell the client this
+            // connection is done so it never reuses it for the next request.
+            resp.headers_mut()
+                .insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+        }
+        resp
     }
+}
+
+/// How much of an oversize body is read and discarded before answering 413, so the client
+/// receives the answer instead of a reset from a socket closed with unread data.
+const DRAIN_LIMIT: usize = 4 * 1024 * 1024;
+
+/// Reads a request body of at most [`BODY_LIMIT`] bytes; a larger one is drained (up to
+/// [`DRAIN_LIMIT`]) and answered with 413.
+async fn read_body(req: Request) -> Result<Vec<u8>, ApiError> {
+    use futures_util::StreamExt;
+    let mut stream = req.into_body().into_data_stream();
+    let mut buf = Vec::new();
+    let mut seen = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            ApiError::new(StatusCode::BAD_REQUEST, "bad_body", format!("reading body: {e}"))
+        })?;
+        seen = seen.saturating_add(chunk.len());
+        if seen <= BODY_LIMIT {
+            buf.extend_from_slice(&chunk);
+        } else if seen > DRAIN_LIMIT {
+            break;
+        }
+    }
+    if seen > BODY_LIMIT {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("request body is larger than the limit of {BODY_LIMIT} bytes"),
+        ));
+    }
+    Ok(buf)
 }
 
 /// The caller's verified key, taken from `x-api-key`, `Authorization: Bearer` or `api_key`.
@@ -196,7 +235,7 @@ pub struct ApiJson<T>(pub T);
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+    async fn from_request(req: Request, _state: &S) -> Result<Self, ApiError> {
         let json_type = req
             .headers()
             .get(header::CONTENT_TYPE)
@@ -209,17 +248,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
                 "expected Content-Type: application/json",
             ));
         }
-        let bytes = axum::body::Bytes::from_request(req, state)
-            .await
-            .map_err(|e| {
-                let status = e.status();
-                let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
-                    "too_large"
-                } else {
-                    "bad_body"
-                };
-                ApiError::new(status, code, format!("{e} (limit {BODY_LIMIT} bytes)"))
-            })?;
+        let bytes = read_body(req).await?;
         let mut de = serde_json::Deserializer::from_slice(&bytes);
         match serde_path_to_error::deserialize(&mut de) {
             Ok(v) => Ok(ApiJson(v)),
