@@ -322,6 +322,9 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             runtime()?.block_on(tail::run(args))?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Bench { cmd } => bench::run(cmd).map(|_| ExitCode::SUCCESS),
+        Cmd::Bench { cmd } => {
+            init_logging("warn");
+            bench::run(cmd).map(|_| ExitCode::SUCCESS)
+        }
     }
 }

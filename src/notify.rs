@@ -4,12 +4,15 @@
 //! Under `Type=notify` systemd waits for READY=1 (sent once every component started) and,
 //! with `WatchdogSec=`, restarts the service when WATCHDOG=1 stops arriving. The watchdog
 //! here pings only while the journal writer keeps turning (it turns at least once a
-//! second, idle or not), so a wedged writer — a hung disk, a deadlock — gets the process
-//! restarted instead of silently dropping data. Outside systemd (no `NOTIFY_SOCKET`)
+//! second, idle or not) and every running source's loop keeps beating (each beats at
+//! least once a second, or once per MQTT keep-alive, idle or not), so a wedged pipeline —
+//! a hung disk, a deadlocked source — gets the process restarted instead of silently
+//! dropping data. Outside systemd (no `NOTIFY_SOCKET`)
 //! everything here is a no-op.
 
 use crate::journal::Journal;
 use crate::sink::SinkStates;
+use crate::source::SourceStates;
 use sd_notify::NotifyState;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -61,9 +64,30 @@ fn status_line(journal: &Journal, sinks: &SinkStates, rate: f64) -> String {
     line
 }
 
-/// Ping the watchdog at half its interval while the journal writer makes progress, and keep
-/// STATUS= current, until `shutdown`.
-pub async fn watchdog(journal: Journal, sinks: SinkStates, shutdown: CancellationToken) {
+/// What is wedged right now, if anything (journal writer first, then sources).
+fn wedged_parts(journal: &Journal, sources: &SourceStates) -> Option<String> {
+    let age = journal.heartbeat_age();
+    if age > WEDGED_AFTER {
+        return Some(format!("journal writer silent {} s", age.as_secs()));
+    }
+    let stuck = sources.wedged();
+    (!stuck.is_empty()).then(|| {
+        stuck
+            .iter()
+            .map(|(name, age)| format!("source {name} silent {} s", age.as_secs()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    })
+}
+
+/// Ping the watchdog at half its interval while the journal writer and every running source
+/// make progress, and keep STATUS= current, until `shutdown`.
+pub async fn watchdog(
+    journal: Journal,
+    sinks: SinkStates,
+    sources: SourceStates,
+    shutdown: CancellationToken,
+) {
     if std::env::var_os("NOTIFY_SOCKET").is_none() {
         return;
     }
@@ -81,24 +105,20 @@ pub async fn watchdog(journal: Journal, sinks: SinkStates, shutdown: Cancellatio
         let now = (std::time::Instant::now(), journal.last_seq());
         let rate = (now.1 - last.1) as f64 / now.0.duration_since(last.0).as_secs_f64().max(1e-3);
         last = now;
-        let age = journal.heartbeat_age();
         let status = status_line(&journal, &sinks, rate);
-        if age > WEDGED_AFTER {
+        if let Some(what) = wedged_parts(&journal, &sources) {
             if !wedged {
                 tracing::error!(
-                    silent_s = age.as_secs(),
-                    "journal writer is not making progress; withholding the watchdog ping"
+                    wedged = %what,
+                    "pipeline is not making progress; withholding the watchdog ping"
                 );
                 wedged = true;
             }
-            send(&[NotifyState::Status(&format!(
-                "WEDGED: journal writer silent {} s",
-                age.as_secs()
-            ))]);
+            send(&[NotifyState::Status(&format!("WEDGED: {what}"))]);
             continue;
         }
         if wedged {
-            tracing::info!("journal writer progressing again");
+            tracing::info!("pipeline progressing again");
             wedged = false;
         }
         if interval.is_some() {
@@ -113,6 +133,7 @@ pub async fn watchdog(journal: Journal, sinks: SinkStates, shutdown: Cancellatio
 mod tests {
     use super::*;
     use crate::journal::JournalConfig;
+    use crate::source::SourceStates;
     use std::os::unix::net::UnixDatagram;
 
     /// Collects every datagram on a thread (a real receiver never lets the queue fill).
@@ -159,9 +180,13 @@ mod tests {
         .expect("journal");
         ready("started");
         let stop = CancellationToken::new();
+        let sources = SourceStates::default();
+        let slot = sources.register("gps", "serial");
+        slot.set_state("running", None);
         let task = tokio::spawn(watchdog(
             journal.clone(),
             SinkStates::default(),
+            sources.clone(),
             stop.clone(),
         ));
         tokio::time::sleep(Duration::from_millis(800)).await;
@@ -190,6 +215,23 @@ mod tests {
         holder.join().expect("lock holder");
         tokio::time::sleep(Duration::from_millis(1500)).await;
         assert!(sock.take().contains("WATCHDOG=1"), "pings resume");
+
+        // A running source whose loop stops beating withholds the pings too; a beat (or
+        // the source stopping) brings them back.
+        slot.set_wedged_after(Duration::from_millis(300));
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        sock.take();
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let during = sock.take();
+        assert!(!during.contains("WATCHDOG=1"), "source wedged: {during}");
+        assert!(during.contains("WEDGED: source gps silent"), "{during}");
+        slot.set_wedged_after(Duration::from_secs(60));
+        slot.beat();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(
+            sock.take().contains("WATCHDOG=1"),
+            "pings resume after a beat"
+        );
 
         stopping();
         tokio::time::sleep(Duration::from_millis(100)).await;

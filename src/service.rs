@@ -101,6 +101,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> anyhow::Result<()> {
     }
 
     let sinks_view = sinks.clone();
+    let sources_view = sources.clone();
     let state = AppState {
         gateway: gateway.clone(),
         journal: journal.clone(),
@@ -130,6 +131,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> anyhow::Result<()> {
     tokio::spawn(crate::notify::watchdog(
         journal.clone(),
         sinks_view,
+        sources_view,
         shutdown.clone(),
     ));
     shutdown_signal().await;

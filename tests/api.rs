@@ -279,7 +279,10 @@ fn bad_bodies_get_json_errors_and_the_gateway_survives() {
         let v: serde_json::Value = rt.block_on(resp.json()).expect("JSON error body");
         assert!(v["error"]["message"].is_string(), "body {i}: {v}");
         if i == 6 {
-            assert_eq!((code, v["error"]["code"].as_str()), (413, Some("too_large")));
+            assert_eq!(
+                (code, v["error"]["code"].as_str()),
+                (413, Some("too_large"))
+            );
         }
     }
     let (code, e) = http("POST", &gw.url("/api/devices"), Some(&k.write), None);

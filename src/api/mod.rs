@@ -116,8 +116,10 @@ impl IntoResponse for ApiError {
         if self.status == StatusCode::PAYLOAD_TOO_LARGE {
             // The rest of an oversize body may still be in flight: tell the client this
             // connection is done so it never reuses it for the next request.
-            resp.headers_mut()
-                .insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+            resp.headers_mut().insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
         }
         resp
     }
@@ -136,7 +138,11 @@ async fn read_body(req: Request) -> Result<Vec<u8>, ApiError> {
     let mut seen = 0usize;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| {
-            ApiError::new(StatusCode::BAD_REQUEST, "bad_body", format!("reading body: {e}"))
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_body",
+                format!("reading body: {e}"),
+            )
         })?;
         seen = seen.saturating_add(chunk.len());
         if seen <= BODY_LIMIT {

@@ -1,5 +1,6 @@
 //! `fieldgate bench ...`: measurements that print numbers (README quotes them).
 
+mod broker;
 mod journal;
 mod mongo;
 mod mqtt;

@@ -1,25 +1,25 @@
 //! `fieldgate bench mqtt`: QoS1 ingest through the real MQTT source into the durable
-//! journal, side by side with a plain QoS1 subscriber receiving the same stream from the
-//! same broker in the same run.
+//! journal, side by side with `mosquitto_sub` receiving the same stream from the same
+//! broker in the same run.
 //!
-//! A publisher thread sends N ~200-byte JSON telemetry messages at QoS1 as fast as the
-//! broker takes them. The gateway source (the same `source::mqtt::run` as production:
-//! manual acks after the journal flush) and a plain rumqttc subscriber (auto-ack, no
-//! storage; it stands in for `mosquitto_sub`) both subscribe to `fleet/+/+/+`. Gateway
-//! rate = N / (first frame appended → last frame durable); plain rate = N / (first →
-//! last message received).
+//! Both consumers hold a persistent session (`clean_session = false`) on a mosquitto started
+//! for the run. With both offline, a publisher loads N ~200-byte JSON telemetry messages at
+//! QoS1, so the broker queues the same N for each. Then each consumer drains its queue alone
+//! (the 2 cores are not shared): the gateway source exactly as in production (manual
+//! PUBACKs only after the journal flush that covers the frames), timed from the source's
+//! start to the last frame durable; then `mosquitto_sub -c -q 1 -C N`, timed from process
+//! start to exit. The rate the gateway reaches is bounded by the broker's
+//! `max_inflight_messages` / the journal's commit interval, so both are printed.
 
+use super::broker::{free_port, Mosquitto, RawPublisher};
 use anyhow::{bail, Context};
 use clap::Args;
 use fieldgate::journal::{Journal, JournalConfig};
 use fieldgate::source::mqtt::{self, MqttConfig};
 use fieldgate::source::{SourceCtx, SourceStates};
 use fieldgate::units::{ByteSize, Positive};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -32,9 +32,6 @@ pub struct MqttArgs {
     /// Approximate JSON payload size, bytes.
     #[arg(long, default_value_t = 200)]
     payload_bytes: usize,
-    /// Use this running broker (`mqtt://host:port`, anonymous) instead of starting one.
-    #[arg(long)]
-    broker: Option<String>,
     /// mosquitto binary to start.
     #[arg(
         long,
@@ -42,83 +39,18 @@ pub struct MqttArgs {
         default_value = "/usr/sbin/mosquitto"
     )]
     mosquitto: PathBuf,
-    /// `max_inflight_messages` of the started broker (per client QoS1 window).
-    #[arg(long, default_value_t = 10_000)]
+    /// mosquitto_sub binary (Debian package mosquitto-clients).
+    #[arg(long, default_value = "/usr/bin/mosquitto_sub")]
+    mosquitto_sub: PathBuf,
+    /// `max_inflight_messages` of the started broker (its per-client QoS1 window).
+    #[arg(long, default_value_t = 1_000)]
     max_inflight: u32,
-    /// Journal group-commit window, ms.
+    /// Journal group-commit window, ms (the production default is 20).
     #[arg(long, default_value_t = 20)]
     flush_ms: u64,
     /// Publisher's QoS1 in-flight window.
     #[arg(long, default_value_t = 1_000)]
-    publisher_inflight: u16,
-}
-
-/// A mosquitto started for the bench; stopped on drop.
-struct Broker {
-    child: Child,
-    port: u16,
-}
-
-impl Broker {
-    fn start(bin: &Path, dir: &Path, max_inflight: u32) -> anyhow::Result<Broker> {
-        if !bin.is_file() {
-            bail!(
-                "mosquitto not found at {} (install it, or pass --mosquitto PATH or --broker URL)",
-                bin.display()
-            );
-        }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        // As root, mosquitto would otherwise switch to the `mosquitto` user.
-        let user = if unsafe { libc::getuid() } == 0 {
-            "user root\n"
-        } else {
-            ""
-        };
-        let conf = dir.join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "{user}listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
-                 max_inflight_messages {max_inflight}\nmax_queued_messages 0\n\
-                 log_dest none\n"
-            ),
-        )?;
-        let child = Command::new(bin)
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        let broker = Broker { child, port };
-        let t0 = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if t0.elapsed() > Duration::from_secs(20) {
-                bail!("mosquitto did not listen on {port}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(broker)
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
-        let t0 = Instant::now();
-        while t0.elapsed() < Duration::from_secs(5) {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    publisher_window: u16,
 }
 
 /// A realistic telemetry payload of roughly `size` bytes.
@@ -147,137 +79,61 @@ fn payload(i: u64, size: usize) -> Vec<u8> {
     s.into_bytes()
 }
 
-/// What the plain subscriber saw.
-#[derive(Default)]
-struct SubResult {
-    warm: AtomicBool,
-    count: AtomicU64,
-    first: Mutex<Option<Instant>>,
-    last: Mutex<Option<Instant>>,
+/// A running bench source and its stop switch.
+struct Running {
+    task: tokio::task::JoinHandle<()>,
+    stop: CancellationToken,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn client_thread<F>(name: &str, f: F) -> anyhow::Result<std::thread::JoinHandle<()>>
-where
-    F: std::future::Future<Output = ()> + Send + 'static,
-{
-    Ok(std::thread::Builder::new()
-        .name(name.into())
-        .spawn(move || {
-            match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt.block_on(f),
-                Err(e) => eprintln!("runtime: {e}"),
-            }
-        })?)
-}
-
-/// The plain QoS1 subscriber (auto-ack): counts bench messages until `n` or `stop`.
-async fn subscriber(port: u16, n: u64, res: Arc<SubResult>, stop: Arc<AtomicBool>) {
-    let mut o = MqttOptions::new("fieldgate-bench-sub", "127.0.0.1", port);
-    o.set_keep_alive(Duration::from_secs(30))
-        .set_max_packet_size(1 << 20, 1 << 20);
-    let (client, mut ev) = AsyncClient::new(o, 100);
-    if client
-        .subscribe("fleet/+/+/+", QoS::AtLeastOnce)
-        .await
-        .is_err()
-    {
-        return;
-    }
-    while !stop.load(Relaxed) {
-        match ev.poll().await {
-            Ok(Event::Incoming(Packet::Publish(p))) => {
-                if p.topic.starts_with("fleet/warm/") {
-                    res.warm.store(true, Relaxed);
-                    continue;
-                }
-                let now = Instant::now();
-                lock(&res.first).get_or_insert(now);
-                if res.count.fetch_add(1, Relaxed) + 1 >= n {
-                    *lock(&res.last) = Some(now);
-                    break;
-                }
-            }
-            Ok(_) => {}
-            Err(e) => {
-                eprintln!("plain subscriber: {e}");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
+fn start_source(
+    rt: &tokio::runtime::Runtime,
+    cfg: &MqttConfig,
+    journal: &Journal,
+    states: &SourceStates,
+) -> Running {
+    let stop = CancellationToken::new();
+    let ctx = SourceCtx {
+        gateway: "bench".into(),
+        journal: journal.clone(),
+        slot: states.register("bench", "mqtt"),
+        shutdown: stop.clone(),
+        commands: Default::default(),
+    };
+    Running {
+        task: rt.spawn(mqtt::run(cfg.clone(), ctx)),
+        stop,
     }
 }
 
-/// Publisher: warm-up messages until `warmed`, then (on `go`) the bench messages; records
-/// when publishing started and when the last PUBACK arrived.
-async fn publisher(
-    port: u16,
-    inflight: u16,
-    messages: Vec<Vec<u8>>,
-    warmed: Arc<AtomicBool>,
-    go: Arc<AtomicBool>,
-    done: Arc<Mutex<Option<(Instant, Instant)>>>,
-) {
-    let mut o = MqttOptions::new("fieldgate-bench-pub", "127.0.0.1", port);
-    o.set_keep_alive(Duration::from_secs(30))
-        .set_inflight(inflight.max(1))
-        .set_max_packet_size(1 << 20, 1 << 20);
-    let (client, mut ev) = AsyncClient::new(o, 10_000);
-    let acks = Arc::new(AtomicU64::new(0));
-    let acks_in = Arc::clone(&acks);
-    let poller = tokio::spawn(async move {
-        loop {
-            match ev.poll().await {
-                Ok(Event::Incoming(Packet::PubAck(_))) => {
-                    acks_in.fetch_add(1, Relaxed);
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    eprintln!("publisher: {e}");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            }
-        }
-    });
-    let mut warm = 0u64;
-    while !warmed.load(Relaxed) {
-        let _ = client
-            .publish(
-                "fleet/warm/up/json",
-                QoS::AtLeastOnce,
-                false,
-                b"{}".to_vec(),
-            )
-            .await;
-        warm += 1;
-        tokio::time::sleep(Duration::from_millis(100)).await;
+impl Running {
+    fn stop(self, rt: &tokio::runtime::Runtime) {
+        self.stop.cancel();
+        let _ = rt.block_on(self.task);
     }
-    while !go.load(Relaxed) {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    let n = messages.len() as u64;
-    let t0 = Instant::now();
-    for (i, m) in messages.into_iter().enumerate() {
-        let topic = format!("fleet/van-{:02}/dev-{}/telemetry", i % 16, i % 4);
-        if client
-            .publish(topic, QoS::AtLeastOnce, false, m)
-            .await
-            .is_err()
-        {
-            break;
-        }
-    }
-    let limit = Instant::now() + Duration::from_secs(300);
-    while acks.load(Relaxed) < warm + n && Instant::now() < limit {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    *lock(&done) = Some((t0, Instant::now()));
-    poller.abort();
+}
+
+/// The bench topic of message `i`: 16 vehicles × 4 devices.
+fn topic(i: u64) -> String {
+    format!("fleet/van-{:02}/dev-{}/telemetry", i % 16, i % 4)
+}
+
+/// `mosquitto_sub` with the bench's persistent session; `extra` selects the mode.
+fn mosquitto_sub(bin: &Path, port: u16, extra: &[&str]) -> Command {
+    let mut c = Command::new(bin);
+    c.args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args([
+            "-i",
+            "fieldgate-bench-sub",
+            "-c",
+            "-q",
+            "1",
+            "-t",
+            "fleet/+/+/+",
+        ])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    c
 }
 
 /// Run `bench mqtt`.
@@ -295,18 +151,24 @@ pub fn run(args: MqttArgs) -> anyhow::Result<()> {
 
 fn bench(args: &MqttArgs, dir: &Path) -> anyhow::Result<()> {
     let n = args.messages.max(1);
-    let (_broker, url, port) = match &args.broker {
-        Some(url) => {
-            let a = mqtt::parse_url(url).map_err(anyhow::Error::msg)?;
-            (None, url.clone(), a.port)
-        }
-        None => {
-            let b = Broker::start(&args.mosquitto, dir, args.max_inflight)?;
-            let url = format!("mqtt://127.0.0.1:{}", b.port);
-            let port = b.port;
-            (Some(b), url, port)
-        }
-    };
+    if !args.mosquitto_sub.is_file() {
+        bail!(
+            "mosquitto_sub not found at {} (apt install mosquitto-clients, or pass --mosquitto-sub PATH)",
+            args.mosquitto_sub.display()
+        );
+    }
+    let port = free_port()?;
+    let _broker = Mosquitto::start(
+        &args.mosquitto,
+        dir,
+        &format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
+             max_inflight_messages {}\nmax_queued_messages 0\nmax_queued_bytes 0\n",
+            args.max_inflight
+        ),
+        &[port],
+    )?;
+    let url = format!("mqtt://127.0.0.1:{port}");
     let cfg: MqttConfig = toml::from_str(&format!(
         "name = \"bench\"\nurl = \"{url}\"\nclient_id = \"fieldgate-bench-gw\"\n\
          subscriptions = [{{ topic = \"fleet/{{vehicle}}/{{device}}/{{kind}}\", qos = 1 }}]\n"
@@ -315,7 +177,7 @@ fn bench(args: &MqttArgs, dir: &Path) -> anyhow::Result<()> {
     let journal = Journal::open(JournalConfig {
         path: dir.join("journal"),
         flush_ms: Positive(args.flush_ms.max(1)),
-        max_bytes: ByteSize(4 << 30),
+        max_bytes: ByteSize(8 << 30),
         ..JournalConfig::default()
     })?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -323,131 +185,108 @@ fn bench(args: &MqttArgs, dir: &Path) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let states = SourceStates::default();
-    let shutdown = CancellationToken::new();
-    let ctx = SourceCtx {
-        gateway: "bench".into(),
-        journal: journal.clone(),
-        slot: states.register("bench", "mqtt"),
-        shutdown: shutdown.clone(),
-        commands: Default::default(),
-    };
-    let source = rt.spawn(mqtt::run(cfg, ctx));
+    let mut publisher = RawPublisher::connect(port, "fieldgate-bench-pub", args.publisher_window)?;
 
-    let messages: Vec<Vec<u8>> = (0..n).map(|i| payload(i, args.payload_bytes)).collect();
-    let msg_bytes = messages.first().map_or(0, Vec::len);
-    let sub = Arc::new(SubResult::default());
-    let stop = Arc::new(AtomicBool::new(false));
-    let warmed = Arc::new(AtomicBool::new(false));
-    let go = Arc::new(AtomicBool::new(false));
-    let published = Arc::new(Mutex::new(None));
-    let sub_thread = client_thread(
-        "bench-sub",
-        subscriber(port, n, Arc::clone(&sub), Arc::clone(&stop)),
-    )?;
-    let pub_thread = client_thread(
-        "bench-pub",
-        publisher(
-            port,
-            args.publisher_inflight,
-            messages,
-            Arc::clone(&warmed),
-            Arc::clone(&go),
-            Arc::clone(&published),
-        ),
-    )?;
-
-    // Warm-up: both consumers are subscribed once each has seen a warm-up message.
-    let base0 = journal.last_seq();
+    // 1. The gateway's session: subscribed once a warm-up message is journaled; then it
+    //    disconnects and the broker keeps its session.
+    let src = start_source(&rt, &cfg, &journal, &states);
+    let base0 = journal.durable_seq();
     let t0 = Instant::now();
-    while !(journal.last_seq() > base0 && sub.warm.load(Relaxed)) {
+    while journal.durable_seq() == base0 {
         if t0.elapsed() > Duration::from_secs(30) {
-            stop.store(true, Relaxed);
-            warmed.store(true, Relaxed);
-            go.store(true, Relaxed);
             bail!(
-                "consumers never subscribed (gateway frames {}, plain subscriber warm {}); source state {:?}",
-                journal.last_seq() - base0,
-                sub.warm.load(Relaxed),
-                states.snapshot().get("bench").map(|s| (s.state.clone(), s.last_error.clone()))
+                "the gateway's MQTT source never subscribed: {:?}",
+                states.snapshot()
             );
         }
-        std::thread::sleep(Duration::from_millis(20));
+        publisher.publish("fleet/warm/up/json", b"{}")?;
+        publisher.wait_acked(Duration::from_secs(10))?;
+        std::thread::sleep(Duration::from_millis(100));
     }
-    // Let warm-up messages still in flight land, then start the stream.
-    warmed.store(true, Relaxed);
-    std::thread::sleep(Duration::from_millis(500));
-    let base = journal.last_seq();
-    go.store(true, Relaxed);
-    let target = base + n;
-    let mut first_appended = None;
-    let limit = Instant::now() + Duration::from_secs(120 + n / 1000);
-    let last_durable = loop {
-        let now = Instant::now();
-        if first_appended.is_none() && journal.last_seq() > base {
-            first_appended = Some(now);
+    std::thread::sleep(Duration::from_millis(300));
+    src.stop(&rt);
+    // 2. mosquitto_sub's session (-E: exit once subscribed).
+    let st = mosquitto_sub(&args.mosquitto_sub, port, &["-E"]).status()?;
+    anyhow::ensure!(st.success(), "mosquitto_sub -E failed: {st}");
+
+    // 3. Load the broker: N messages queued for each offline session.
+    let t0 = Instant::now();
+    for i in 0..n {
+        publisher.publish(&topic(i), &payload(i, args.payload_bytes))?;
+    }
+    publisher.wait_acked(Duration::from_secs(600))?;
+    let pub_s = t0.elapsed().as_secs_f64();
+    let msg_bytes = payload(0, args.payload_bytes).len();
+
+    // 4. The gateway drains its queue into the durable journal.
+    let base = journal.durable_seq();
+    let t0 = Instant::now();
+    let src = start_source(&rt, &cfg, &journal, &states);
+    let limit = Duration::from_secs(120 + n / 500);
+    let mut report = Instant::now();
+    while journal.durable_seq() < base + n {
+        if report.elapsed() > Duration::from_secs(5) {
+            report = Instant::now();
+            eprintln!(
+                "  ... gateway {} of {n} durable ({} appended) after {:.0} s",
+                journal.durable_seq() - base,
+                journal.last_seq() - base,
+                t0.elapsed().as_secs_f64()
+            );
         }
-        if journal.durable_seq() >= target {
-            break now;
-        }
-        if now > limit {
-            stop.store(true, Relaxed);
+        if t0.elapsed() > limit {
+            src.stop(&rt);
             bail!(
-                "gateway journaled only {} of {n} messages in time",
-                journal.durable_seq().saturating_sub(base)
+                "gateway journaled only {} of {n} messages in {limit:?}",
+                journal.durable_seq() - base
             );
         }
         std::thread::sleep(Duration::from_micros(200));
-    };
-    let first_appended = first_appended.unwrap_or(last_durable);
-    let _ = pub_thread.join();
-    let sub_limit = Instant::now() + Duration::from_secs(60);
-    while lock(&sub.last).is_none() && Instant::now() < sub_limit {
-        std::thread::sleep(Duration::from_millis(5));
     }
-    stop.store(true, Relaxed);
-    let got = sub.count.load(Relaxed);
-    let (sub_first, sub_last) = (*lock(&sub.first), *lock(&sub.last));
-    shutdown.cancel();
-    let _ = rt.block_on(source);
-    let snap = states.snapshot();
+    let gw_s = t0.elapsed().as_secs_f64();
+    src.stop(&rt);
+    let (mut bench_frames, mut from) = (0u64, base + 1);
+    loop {
+        let frames = journal.range(from, 10_000);
+        let Some(last) = frames.last() else { break };
+        from = last.seq + 1;
+        bench_frames += frames
+            .iter()
+            .filter(|f| f.source.starts_with("mqtt:fleet/van-"))
+            .count() as u64;
+    }
     journal.close()?;
-    drop(rt);
-    // The subscriber thread ends with its next event or keep-alive; don't wait for it.
-    drop(sub_thread);
 
-    let gw_s = (last_durable - first_appended).as_secs_f64().max(1e-9);
-    let gw_rate = n as f64 / gw_s;
-    println!(
-        "mqtt bench: {n} QoS1 messages of {msg_bytes} B, mosquitto max_inflight_messages {}, journal flush_ms {}, publisher inflight {}",
-        if args.broker.is_some() { "(external broker)".to_string() } else { args.max_inflight.to_string() },
-        args.flush_ms,
-        args.publisher_inflight
-    );
-    if let Some((p0, p1)) = *lock(&published) {
-        let s = (p1 - p0).as_secs_f64().max(1e-9);
-        println!(
-            "  publisher (all PUBACKed):       {:.0} msg/s ({s:.2} s)",
-            n as f64 / s
-        );
-    }
-    println!("  gateway ingest, durable:        {gw_rate:.0} frames/s ({gw_s:.2} s, first append -> last durable)");
-    if let Some(src) = snap.get("bench") {
-        println!(
-            "  gateway frames / rejected:      {} / {}",
-            src.frames, src.invalid
-        );
-    }
-    match (sub_first, sub_last) {
-        (Some(a), Some(b)) => {
-            let s = (b - a).as_secs_f64().max(1e-9);
-            let sub_rate = n as f64 / s;
-            println!("  plain QoS1 subscriber:          {sub_rate:.0} msg/s ({s:.2} s, first -> last received)");
-            println!(
-                "  ratio gateway / plain:          {:.2}",
-                gw_rate / sub_rate
-            );
+    // 5. mosquitto_sub drains the same stream.
+    let t0 = Instant::now();
+    let mut child = mosquitto_sub(&args.mosquitto_sub, port, &["-C", &n.to_string()]).spawn()?;
+    let st = loop {
+        if let Some(st) = child.try_wait()? {
+            break st;
         }
-        _ => println!("  plain QoS1 subscriber:          received only {got} of {n}"),
+        if t0.elapsed() > limit {
+            let _ = child.kill();
+            bail!("mosquitto_sub did not receive {n} messages in {limit:?}");
+        }
+        std::thread::sleep(Duration::from_micros(500));
+    };
+    let sub_s = t0.elapsed().as_secs_f64();
+    anyhow::ensure!(st.success(), "mosquitto_sub failed: {st}");
+
+    let (gw_rate, sub_rate) = (n as f64 / gw_s, n as f64 / sub_s);
+    println!(
+        "mqtt bench: {n} QoS1 messages of {msg_bytes} B; mosquitto max_inflight_messages {}, journal flush_ms {}",
+        args.max_inflight, args.flush_ms
+    );
+    println!(
+        "  publisher (all PUBACKed):     {:>8.0} msg/s ({pub_s:.2} s)",
+        n as f64 / pub_s
+    );
+    println!("  gateway ingest, durable:      {gw_rate:>8.0} frames/s ({gw_s:.2} s, source start -> last frame durable; {bench_frames} of {n} journaled)");
+    println!("  mosquitto_sub alone:          {sub_rate:>8.0} msg/s ({sub_s:.2} s, start -> exit)");
+    println!("  ratio gateway / mosquitto_sub: {:.2}", gw_rate / sub_rate);
+    if bench_frames != n {
+        bail!("the journal holds {bench_frames} bench frames, expected {n}");
     }
     Ok(())
 }

@@ -7,7 +7,7 @@
 //! the measuring side stays light. mosquitto's WebSocket listener binds every interface:
 //! run this inside a loopback-only network namespace (`scripts/bench-ws` does).
 
-use anyhow::Context;
+use super::broker::{free_port, Mosquitto};
 use clap::Args;
 use futures_util::{SinkExt, StreamExt};
 use rumqttc::{AsyncClient, MqttOptions, QoS};
@@ -91,12 +91,6 @@ fn proc_usage(pid: u32) -> (f64, u64) {
         })
         .unwrap_or(0);
     (cpu, rss)
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 async fn wait_port(port: u16) -> anyhow::Result<()> {
@@ -237,26 +231,6 @@ fn report(name: &str, tally: &Tally, published: u64, clients: usize, secs: u64, 
     );
 }
 
-fn start_mosquitto(bin: &Path, dir: &Path, port: u16, ws_port: u16) -> anyhow::Result<Killed> {
-    let conf = dir.join("mosquitto.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "per_listener_settings false\nallow_anonymous true\nset_tcp_nodelay true\n\
-             max_queued_messages 100000\nmax_inflight_messages 1000\n\
-             listener {port} 127.0.0.1\nlistener {ws_port}\nprotocol websockets\n"
-        ),
-    )?;
-    let child = Command::new(bin)
-        .arg("-c")
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .with_context(|| format!("starting {}", bin.display()))?;
-    Ok(Killed(child))
-}
-
 fn start_fieldgate(dir: &Path, mqtt_port: u16, port: u16) -> anyhow::Result<(Killed, String)> {
     let exe = std::env::current_exe()?;
     let cfg = dir.join("fieldgate.toml");
@@ -295,9 +269,16 @@ pub fn run(a: WsArgs) -> anyhow::Result<()> {
         let dir = std::env::temp_dir().join(format!("fieldgate-bench-ws-{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         let (mqtt_port, ws_port, fg_port) = (free_port()?, free_port()?, free_port()?);
-        let mosq = start_mosquitto(&a.mosquitto, &dir, mqtt_port, ws_port)?;
-        wait_port(mqtt_port).await?;
-        wait_port(ws_port).await?;
+        let mosq = Mosquitto::start(
+            &a.mosquitto,
+            &dir,
+            &format!(
+                "per_listener_settings false\nallow_anonymous true\nset_tcp_nodelay true\n\
+                 max_queued_messages 100000\nmax_inflight_messages 1000\n\
+                 listener {mqtt_port} 127.0.0.1\nlistener {ws_port}\nprotocol websockets\n"
+            ),
+            &[mqtt_port, ws_port],
+        )?;
         println!(
             "bench ws: {} msg/s for {} s to {} WebSocket clients per relay (QoS1 publish, ~200 B JSON)",
             a.rate, a.seconds, a.clients
@@ -325,9 +306,9 @@ pub fn run(a: WsArgs) -> anyhow::Result<()> {
             recv.push(tokio::spawn(mqtt_ws_subscriber(ws_port, i, tally.clone())));
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let cpu0 = proc_usage(mosq.0.id());
+        let cpu0 = proc_usage(mosq.pid());
         let published = publish(mqtt_port, a.rate, a.seconds).await?;
-        let cpu1 = proc_usage(mosq.0.id());
+        let cpu1 = proc_usage(mosq.pid());
         report("mosquitto", &tally, published, a.clients, a.seconds, (cpu1.0 - cpu0.0, cpu1.1));
         recv.iter().for_each(|h| h.abort());
         drop(mosq);

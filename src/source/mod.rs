@@ -19,6 +19,7 @@ use crate::journal::Journal;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 /// What every source task is given: where frames go, its status slot, when to stop.
@@ -104,6 +105,27 @@ pub struct SourceState {
     pub invalid_by_reason: BTreeMap<String, u64>,
     /// Last error, if any.
     pub last_error: Option<String>,
+    /// When the source's loop last turned (see [`SourceSlot::beat`]).
+    #[serde(skip)]
+    pub last_beat: Instant,
+    /// Silence after which this source counts as wedged.
+    #[serde(skip)]
+    pub wedged_after: Duration,
+}
+
+/// A source whose loop has not turned for this long (and is not `stopped`) is wedged: far
+/// longer than any backoff sleep (≤ 10 s), serial/OBD timeout or beat interval.
+pub const SOURCE_WEDGED_AFTER: Duration = Duration::from_secs(60);
+
+/// How often an idle source loop beats.
+pub const BEAT_EVERY: Duration = Duration::from_secs(1);
+
+/// The interval a source loop selects on to beat while idle (first tick after
+/// [`BEAT_EVERY`]; missed ticks are not caught up).
+pub fn beat_interval() -> tokio::time::Interval {
+    let mut t = tokio::time::interval_at(tokio::time::Instant::now() + BEAT_EVERY, BEAT_EVERY);
+    t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    t
 }
 
 /// Status slots of all sources, shared between the sources and the API.
@@ -122,6 +144,8 @@ impl SourceStates {
                 invalid: 0,
                 invalid_by_reason: BTreeMap::new(),
                 last_error: None,
+                last_beat: Instant::now(),
+                wedged_after: SOURCE_WEDGED_AFTER,
             },
         );
         SourceSlot {
@@ -133,6 +157,16 @@ impl SourceStates {
     /// A copy of every source's state.
     pub fn snapshot(&self) -> BTreeMap<String, SourceState> {
         self.lock().clone()
+    }
+
+    /// Sources that are not `stopped` and whose loop has been silent longer than their
+    /// `wedged_after`, with how long they have been silent.
+    pub fn wedged(&self) -> Vec<(String, Duration)> {
+        self.lock()
+            .iter()
+            .filter(|(_, s)| s.state != "stopped" && s.last_beat.elapsed() > s.wedged_after)
+            .map(|(name, s)| (name.clone(), s.last_beat.elapsed()))
+            .collect()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, SourceState>> {
@@ -148,9 +182,25 @@ pub struct SourceSlot {
 }
 
 impl SourceSlot {
+    /// Record that the source's loop turned (it is alive, idle or not); the systemd
+    /// watchdog is withheld when a running source stops beating.
+    pub fn beat(&self) {
+        if let Some(s) = self.states.lock().get_mut(&self.name) {
+            s.last_beat = Instant::now();
+        }
+    }
+
+    /// Silence after which this source counts as wedged (default [`SOURCE_WEDGED_AFTER`]).
+    pub fn set_wedged_after(&self, after: Duration) {
+        if let Some(s) = self.states.lock().get_mut(&self.name) {
+            s.wedged_after = after;
+        }
+    }
+
     /// Change the state word (and optionally the last error).
     pub fn set_state(&self, state: &str, error: Option<String>) {
         if let Some(s) = self.states.lock().get_mut(&self.name) {
+            s.last_beat = Instant::now();
             s.state = state.to_string();
             if error.is_some() {
                 s.last_error = error;
@@ -161,6 +211,7 @@ impl SourceSlot {
     /// Count `n` journaled frames.
     pub fn add_frames(&self, n: u64) {
         if let Some(s) = self.states.lock().get_mut(&self.name) {
+            s.last_beat = Instant::now();
             s.frames += n;
         }
     }

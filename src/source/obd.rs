@@ -279,11 +279,16 @@ impl Poller {
             };
             let mut poll = every(self.cfg.interval_ms.0);
             let mut dtc = every(self.cfg.dtc_interval_ms.0);
+            let mut beat = super::beat_interval();
             while self.failures < REINIT_AFTER {
                 let result = tokio::select! {
                     biased;
                     _ = poll.tick() => self.poll_cycle(adapter).await,
                     _ = dtc.tick() => self.read_dtcs(adapter).await,
+                    _ = beat.tick() => {
+                        self.ctx.slot.beat();
+                        Ok(())
+                    }
                 };
                 if let Err(ended) = result {
                     return ended;

@@ -164,10 +164,15 @@ async fn read_port(
     // `command`s for this device are written to the port while it is open.
     let (cmd_tx, mut commands) = tokio::sync::mpsc::channel(COMMAND_QUEUE);
     ctx.commands.register(&cfg.device, cmd_tx);
+    let mut beat = super::beat_interval();
     loop {
         let mut item = tokio::select! {
             biased;
             _ = ctx.shutdown.cancelled() => return Ended::Shutdown,
+            _ = beat.tick() => {
+                ctx.slot.beat();
+                continue;
+            }
             Some(cmd) = commands.recv() => {
                 match command_bytes(cfg.framing, &cmd) {
                     Ok(bytes) => {

@@ -231,10 +231,15 @@ pub async fn run(cfg: SimConfig, ctx: SourceCtx) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut vehicle = Vehicle::new(cfg.seed);
     slot.set_state("running", None);
+    let mut beat = super::beat_interval();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = tick.tick() => {}
+            _ = beat.tick() => {
+                slot.beat();
+                continue;
+            }
         }
         let sample = vehicle.step(interval.as_secs_f64());
         match journal.append_many(frames(&gateway, &cfg, &sample).into()) {

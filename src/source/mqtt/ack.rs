@@ -91,7 +91,7 @@ pub struct AckTotals {
 
 /// Run until the batch channel closes or `stop` fires.
 pub async fn run(
-    mut rx: mpsc::Receiver<AckBatch>,
+    mut rx: mpsc::UnboundedReceiver<AckBatch>,
     journal: Journal,
     client: AsyncClient,
     generation: Generation,

@@ -28,8 +28,6 @@ const BACKOFF_MAX: Duration = Duration::from_secs(10);
 const REQUEST_CAP: usize = 4096;
 /// Most publishes appended together.
 const BATCH_MAX: usize = 512;
-/// Ack batches queued to the ack task before the event loop waits (backpressure).
-const ACK_QUEUE: usize = 1024;
 /// Bytes of MQTT framing allowed on top of `max_frame` (topic, header).
 const PACKET_OVERHEAD: u64 = 64 << 10;
 /// At most one log line per reject reason per this interval.
@@ -177,7 +175,11 @@ impl Source {
         let (client, mut eventloop) = AsyncClient::new(self.options.clone(), REQUEST_CAP);
         let mut routed = std::collections::HashSet::new();
         let generation = Generation::default();
-        let (ack_tx, ack_rx) = mpsc::channel::<AckBatch>(ACK_QUEUE);
+        // Unbounded on purpose: the ack task needs this loop to keep polling (the event loop
+        // is what drains rumqttc's request channel), so this loop must never wait for it.
+        // What is queued is bounded anyway: one 2-byte packet id per publish the broker has
+        // in flight to us, at most 65,535 by the protocol.
+        let (ack_tx, ack_rx) = mpsc::unbounded_channel::<AckBatch>();
         let ack_stop = CancellationToken::new();
         let mut ack_task = tokio::spawn(
             ack::run(
@@ -194,7 +196,17 @@ impl Source {
         let mut outage: Option<Instant> = None;
         let mut subscribed = false;
         let mut pending = Pending::default();
+        // `poll` is not cancel-safe (a PUBACK taken from the request channel can be lost
+        // mid-write), so no timer races it; the loop beats as it turns, and it turns at
+        // least once per keep-alive (PINGREQ/PINGRESP) or backoff.
+        let keep_alive = self.options.keep_alive();
+        slot.set_wedged_after(crate::source::SOURCE_WEDGED_AFTER.max(keep_alive * 2 + BACKOFF_MAX));
+        let mut last_beat = Instant::now();
         loop {
+            if last_beat.elapsed() >= crate::source::BEAT_EVERY {
+                last_beat = Instant::now();
+                slot.beat();
+            }
             let ev = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
@@ -242,9 +254,7 @@ impl Source {
                 Err(e) => {
                     // Journal what this connection delivered (its acks will be stale and
                     // dropped: the broker redelivers), then start a new generation.
-                    if let Err(je) =
-                        append(&journal, &slot, &ack_tx, current_gen, &mut pending).await
-                    {
+                    if let Err(je) = append(&journal, &slot, &ack_tx, current_gen, &mut pending) {
                         tracing::warn!(error = %je, "journal closed; MQTT source stopping");
                         break;
                     }
@@ -259,7 +269,7 @@ impl Source {
                 }
             }
             if eventloop.state.events.is_empty() || pending.frames.len() >= BATCH_MAX {
-                match append(&journal, &slot, &ack_tx, current_gen, &mut pending).await {
+                match append(&journal, &slot, &ack_tx, current_gen, &mut pending) {
                     Ok(()) => {}
                     Err(JournalError::Closed) => break,
                     Err(e) => {
@@ -399,10 +409,10 @@ impl Source {
 }
 
 /// Append the pending frames and queue the acks they (and any rejected publishes) owe.
-async fn append(
+fn append(
     journal: &Journal,
     slot: &SourceSlot,
-    ack_tx: &mpsc::Sender<AckBatch>,
+    ack_tx: &mpsc::UnboundedSender<AckBatch>,
     generation: u64,
     pending: &mut Pending,
 ) -> Result<(), JournalError> {
@@ -426,7 +436,7 @@ async fn append(
             pkids: std::mem::take(&mut pending.pkids),
         };
         // The ack task only ends after this task drops the sender.
-        let _ = ack_tx.send(batch).await;
+        let _ = ack_tx.send(batch);
     }
     Ok(())
 }

@@ -1,0 +1,220 @@
+//! Bench plumbing shared by the MQTT and WebSocket benches: a mosquitto started for the
+//! run, and a minimal blocking MQTT 3.1.1 QoS1 publisher that keeps a window of messages
+//! in flight without ever reusing an unacknowledged packet id.
+
+use anyhow::{bail, Context};
+use std::io::{BufWriter, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A free TCP port on loopback.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// A mosquitto started for a bench; stopped on drop.
+pub struct Mosquitto(Child);
+
+impl Mosquitto {
+    /// Start `bin` with `conf` (listeners and limits) and wait until every port in `ports`
+    /// accepts connections.
+    pub fn start(bin: &Path, dir: &Path, conf: &str, ports: &[u16]) -> anyhow::Result<Mosquitto> {
+        if !bin.is_file() {
+            bail!(
+                "mosquitto not found at {} (apt install mosquitto, or pass --mosquitto PATH)",
+                bin.display()
+            );
+        }
+        // As root, mosquitto would otherwise switch to the `mosquitto` user.
+        let user = if unsafe { libc::getuid() } == 0 {
+            "user root\n"
+        } else {
+            ""
+        };
+        let path = dir.join("mosquitto.conf");
+        std::fs::write(&path, format!("{user}log_dest none\n{conf}"))?;
+        let child = Command::new(bin)
+            .arg("-c")
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let broker = Mosquitto(child);
+        for port in ports {
+            let t0 = Instant::now();
+            while TcpStream::connect(("127.0.0.1", *port)).is_err() {
+                if t0.elapsed() > Duration::from_secs(20) {
+                    bail!("mosquitto did not listen on {port}");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Ok(broker)
+    }
+
+    /// The broker's process id.
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        unsafe {
+            libc::kill(self.0.id() as i32, libc::SIGTERM);
+        }
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(5) {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// MQTT "remaining length" varint.
+fn put_len(out: &mut Vec<u8>, mut n: usize) {
+    loop {
+        let mut b = (n % 128) as u8;
+        n /= 128;
+        if n > 0 {
+            b |= 0x80;
+        }
+        out.push(b);
+        if n == 0 {
+            break;
+        }
+    }
+}
+
+fn put_str(out: &mut Vec<u8>, s: &[u8]) {
+    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+    out.extend_from_slice(s);
+}
+
+/// A blocking MQTT 3.1.1 publisher (clean session, no keep-alive) for loading a broker.
+///
+/// rumqttc's publisher wraps packet ids at its in-flight limit and stalls on a collision
+/// under sustained load; this one numbers 1..=65535 in order and never has more than
+/// `window` (< 65535) unacknowledged, and the broker acks QoS1 in order, so no id is
+/// reused while outstanding.
+pub struct RawPublisher {
+    out: BufWriter<TcpStream>,
+    acked: Arc<AtomicU64>,
+    sent: u64,
+    window: u64,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RawPublisher {
+    /// Connect as `client_id` with at most `window` QoS1 messages unacknowledged.
+    pub fn connect(port: u16, client_id: &str, window: u16) -> anyhow::Result<RawPublisher> {
+        let mut s = TcpStream::connect(("127.0.0.1", port))?;
+        s.set_nodelay(true)?;
+        let mut body = Vec::new();
+        put_str(&mut body, b"MQTT");
+        body.extend_from_slice(&[4, 0x02, 0, 0]); // level 4, clean session, keep-alive off
+        put_str(&mut body, client_id.as_bytes());
+        let mut pkt = vec![0x10];
+        put_len(&mut pkt, body.len());
+        pkt.extend_from_slice(&body);
+        s.write_all(&pkt)?;
+        let mut connack = [0u8; 4];
+        s.read_exact(&mut connack)?;
+        if connack[0] != 0x20 || connack[3] != 0 {
+            bail!("broker refused the publisher: CONNACK {connack:?}");
+        }
+        let acked = Arc::new(AtomicU64::new(0));
+        let mut rd = s.try_clone()?;
+        let counter = Arc::clone(&acked);
+        let reader = std::thread::Builder::new()
+            .name("bench-puback".into())
+            .spawn(move || {
+                let mut buf = [0u8; 4096];
+                let mut have = 0usize;
+                loop {
+                    match rd.read(&mut buf[have..]) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => have += n,
+                    }
+                    // PUBACKs are 4 bytes each: 0x40 0x02 id id.
+                    let whole = have / 4 * 4;
+                    if buf[..whole].chunks(4).any(|c| c[0] != 0x40) {
+                        eprintln!("publisher: unexpected packet from broker");
+                        return;
+                    }
+                    counter.fetch_add((whole / 4) as u64, Relaxed);
+                    buf.copy_within(whole..have, 0);
+                    have -= whole;
+                }
+            })?;
+        Ok(RawPublisher {
+            out: BufWriter::with_capacity(64 << 10, s),
+            acked,
+            sent: 0,
+            window: u64::from(window.clamp(1, 65_000)),
+            reader: Some(reader),
+        })
+    }
+
+    /// Publish one QoS1 message, waiting while the window is full.
+    pub fn publish(&mut self, topic: &str, payload: &[u8]) -> anyhow::Result<()> {
+        if self.sent - self.acked.load(Relaxed) >= self.window {
+            self.out.flush()?;
+            while self.sent - self.acked.load(Relaxed) >= self.window {
+                if self.reader.as_ref().is_some_and(|r| r.is_finished()) {
+                    bail!("broker closed the publisher's connection");
+                }
+                std::thread::sleep(Duration::from_micros(100));
+            }
+        }
+        let pkid = (self.sent % 65_535 + 1) as u16;
+        let mut pkt = Vec::with_capacity(payload.len() + topic.len() + 8);
+        pkt.push(0x32);
+        put_len(&mut pkt, 2 + topic.len() + 2 + payload.len());
+        put_str(&mut pkt, topic.as_bytes());
+        pkt.extend_from_slice(&pkid.to_be_bytes());
+        pkt.extend_from_slice(payload);
+        self.out.write_all(&pkt)?;
+        self.sent += 1;
+        Ok(())
+    }
+
+    /// Wait (up to `limit`) until every published message is acknowledged.
+    pub fn wait_acked(&mut self, limit: Duration) -> anyhow::Result<()> {
+        self.out.flush()?;
+        let t0 = Instant::now();
+        while self.acked.load(Relaxed) < self.sent {
+            if t0.elapsed() > limit {
+                bail!(
+                    "broker acknowledged {} of {} messages",
+                    self.acked.load(Relaxed),
+                    self.sent
+                );
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for RawPublisher {
+    fn drop(&mut self) {
+        let _ = self.out.write_all(&[0xE0, 0]); // DISCONNECT
+        let _ = self.out.flush();
+        let _ = self.out.get_ref().shutdown(std::net::Shutdown::Both);
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+    }
+}
