@@ -95,6 +95,9 @@ pub async fn run(a: TailArgs) -> anyhow::Result<()> {
             "from_seq": last.map(|l| l + 1),
         }});
         ws.send(Message::Text(sub.to_string().into())).await?;
+        // Until the gateway confirms the subscription it relays everything (the seed
+        // protocol's default), so frames before `subscribed` are not ours to print.
+        let mut subscribed = false;
         while let Some(msg) = ws.next().await {
             let Ok(Message::Text(text)) = msg else {
                 if msg.is_err() {
@@ -106,7 +109,8 @@ pub async fn run(a: TailArgs) -> anyhow::Result<()> {
                 continue;
             };
             match m["type"].as_str() {
-                Some("frame") => {
+                Some("subscribed") => subscribed = true,
+                Some("frame") if subscribed => {
                     let f = &m["data"];
                     let seq = f["seq"].as_u64().unwrap_or(0);
                     if last.is_some_and(|l| seq <= l) {
