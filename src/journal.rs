@@ -29,7 +29,7 @@ use tokio::sync::{broadcast, watch};
 /// How many seqs are reserved durably ahead of use; a crash skips at most this many.
 const SEQ_LEASE: u64 = 10_000;
 /// Capacity of the live broadcast channel (frames), per subscriber.
-const LIVE_CAPACITY: usize = 8_192;
+const LIVE_CAPACITY: usize = 4_096;
 /// Most frames held in memory awaiting a write; beyond it (disk failing) the oldest go.
 const PENDING_MAX: usize = 262_144;
 

@@ -97,6 +97,14 @@ fn bad_configs_name_the_key() {
         let got = err(text);
         assert!(got.contains(want), "want {want:?} in {got:?}");
     }
+    // Without the `srv` feature an SRV URI is refused at config time, saying what to do.
+    let srv = GOOD.replace("mongodb://central", "mongodb+srv://cluster0.example.net");
+    if cfg!(feature = "srv") {
+        assert!(Config::parse(&srv).is_ok());
+    } else {
+        let got = err(&srv);
+        assert!(got.contains("mongo.uri: this build has no DNS SRV support"), "{got}");
+    }
 }
 
 #[test]

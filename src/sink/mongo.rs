@@ -88,6 +88,14 @@ impl MongoConfig {
                 ),
             ));
         }
+        if !cfg!(feature = "srv") && self.uri.starts_with("mongodb+srv://") {
+            return Err(ConfigError::invalid(
+                format!("{key}.uri"),
+                "this build has no DNS SRV support (built without the `srv` feature): use a \
+                 mongodb://host1,host2,.../?replicaSet=NAME seed list, or rebuild with \
+                 `cargo build --release --features srv`",
+            ));
+        }
         if self.database.is_empty() || self.database.contains(['/', '.', ' ', '$']) {
             return Err(ConfigError::invalid(
                 format!("{key}.database"),
