@@ -51,6 +51,30 @@ fn check_id(id: &str) -> Result<(), ApiError> {
     }
 }
 
+/// `impl Record` for a registry type: its tree, noun, hub lookup and optional text fields.
+macro_rules! record {
+    ($ty:ty, $tree:literal, $noun:literal, $live:ident, [$($field:ident),*]) => {
+        impl Record for $ty {
+            const TREE: &'static str = $tree;
+            const NOUN: &'static str = $noun;
+            fn id(&self) -> &str {
+                &self.id
+            }
+            fn set_id(&mut self, id: String) {
+                self.id = id;
+            }
+            fn validate(&self) -> Result<(), ApiError> {
+                check_id(&self.id)?;
+                $(check_text(stringify!($field), &self.$field)?;)*
+                Ok(())
+            }
+            fn live(hub: &Hub, id: &str) -> Value {
+                json!(hub.$live(id))
+            }
+        }
+    };
+}
+
 /// A device registered with the gateway.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -68,26 +92,13 @@ pub struct Device {
     pub notes: Option<String>,
 }
 
-impl Record for Device {
-    const TREE: &'static str = "devices";
-    const NOUN: &'static str = "device";
-    fn id(&self) -> &str {
-        &self.id
-    }
-    fn set_id(&mut self, id: String) {
-        self.id = id;
-    }
-    fn validate(&self) -> Result<(), ApiError> {
-        check_id(&self.id)?;
-        check_text("name", &self.name)?;
-        check_text("vehicle", &self.vehicle)?;
-        check_text("kind", &self.kind)?;
-        check_text("notes", &self.notes)
-    }
-    fn live(hub: &Hub, id: &str) -> Value {
-        json!(hub.device(id))
-    }
-}
+record!(
+    Device,
+    "devices",
+    "device",
+    device,
+    [name, vehicle, kind, notes]
+);
 
 /// A vehicle registered with the gateway.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -104,25 +115,13 @@ pub struct Vehicle {
     pub notes: Option<String>,
 }
 
-impl Record for Vehicle {
-    const TREE: &'static str = "vehicles";
-    const NOUN: &'static str = "vehicle";
-    fn id(&self) -> &str {
-        &self.id
-    }
-    fn set_id(&mut self, id: String) {
-        self.id = id;
-    }
-    fn validate(&self) -> Result<(), ApiError> {
-        check_id(&self.id)?;
-        check_text("name", &self.name)?;
-        check_text("plate", &self.plate)?;
-        check_text("notes", &self.notes)
-    }
-    fn live(hub: &Hub, id: &str) -> Value {
-        json!(hub.vehicle(id))
-    }
-}
+record!(
+    Vehicle,
+    "vehicles",
+    "vehicle",
+    vehicle,
+    [name, plate, notes]
+);
 
 /// Routes for one registry under `base`.
 pub fn routes<R: Record>(base: &str) -> Router<AppState> {

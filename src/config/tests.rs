@@ -103,7 +103,10 @@ fn bad_configs_name_the_key() {
         assert!(Config::parse(&srv).is_ok());
     } else {
         let got = err(&srv);
-        assert!(got.contains("mongo.uri: this build has no DNS SRV support"), "{got}");
+        assert!(
+            got.contains("mongo.uri: this build has no DNS SRV support"),
+            "{got}"
+        );
     }
 }
 
