@@ -23,6 +23,11 @@ struct Setup {
 
 impl Setup {
     fn new(broker_url: &str) -> Setup {
+        Setup::with(broker_url, "")
+    }
+
+    /// A setup whose MQTT source section also has the lines `extra`.
+    fn with(broker_url: &str, extra: &str) -> Setup {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = common::free_port();
         let text = format!(
@@ -43,6 +48,7 @@ url = "{broker_url}"
 client_id = "{CLIENT_ID}"
 keep_alive_s = 5
 max_frame = 65536
+{extra}
 subscriptions = [{{ topic = "fleet/{{vehicle}}/{{device}}/{{kind}}", qos = 1 }}]
 "#,
             journal = dir.path().join("journal").display(),
@@ -369,4 +375,136 @@ fn websocket_commands_are_published_to_the_device_command_topic() {
     assert_eq!(got.0, "fleet/van-1/gps0/cmd");
     assert_eq!(got.1, br#"{"rate_hz":5}"#.to_vec());
     assert!(gw.stop().success());
+}
+
+/// Run openssl with `args` in `dir`.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl (apt install openssl)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA and a server certificate for 127.0.0.1 signed by it, plus an unrelated CA.
+fn make_certs(dir: &Path) {
+    let ext = dir.join("san.ext");
+    std::fs::write(&ext, "subjectAltName=IP:127.0.0.1\n").expect("san.ext");
+    for ca in ["ca", "other-ca"] {
+        openssl(
+            dir,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                &format!("/CN=fieldgate test {ca}"),
+                "-keyout",
+                &format!("{ca}.key"),
+                "-out",
+                &format!("{ca}.pem"),
+            ],
+        );
+    }
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+            "-out",
+            "server.pem",
+        ],
+    );
+}
+
+#[test]
+fn mqtts_to_mosquitto_with_a_private_ca_and_a_wrong_ca_is_refused() {
+    const N: u64 = 500;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = dir.path().join("certs");
+    std::fs::create_dir_all(&certs).expect("certs dir");
+    make_certs(&certs);
+    let tls_port = common::free_port();
+    let broker = Mosquitto::start_with(
+        dir.path(),
+        1000,
+        &format!(
+            "listener {tls_port} 127.0.0.1\ncafile {c}/ca.pem\ncertfile {c}/server.pem\nkeyfile {c}/server.key\n",
+            c = certs.display()
+        ),
+    );
+    let url = format!("mqtts://127.0.0.1:{tls_port}");
+
+    // Trusting another CA: the handshake fails, the source says why and keeps retrying.
+    let wrong = Setup::with(
+        &url,
+        &format!("ca_file = \"{}/other-ca.pem\"", certs.display()),
+    );
+    let gw = Gateway::run(
+        &wrong.dir.path().join("fieldgate.toml"),
+        wrong.port,
+        &wrong.key,
+        &wrong.logs(),
+    );
+    let s = gw.status_until(Duration::from_secs(30), |s| {
+        source(s)["state"] == "waiting" && source(s)["last_error"].is_string()
+    });
+    let err = source(&s)["last_error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_lowercase();
+    assert!(err.contains("certificate") || err.contains("tls"), "{err}");
+    assert!(gw.stop().success());
+
+    // Trusting the broker's CA: connected over TLS, every message journaled.
+    let setup = Setup::with(&url, &format!("ca_file = \"{}/ca.pem\"", certs.display()));
+    let gw = setup.start();
+    let publisher = Publisher::start(
+        broker.port,
+        "test-tls-publisher",
+        N,
+        100,
+        Duration::from_millis(10),
+        topic,
+    );
+    publisher.wait_acked(N, Duration::from_secs(60));
+    let frames = wait_settled(&gw, N, Duration::from_secs(60));
+    assert!(gw.stop().success());
+    let dups = assert_all_ids(&setup.journal(), N);
+    eprintln!("mqtts: {frames} frames, {dups} duplicates, 0 lost; wrong CA refused: {err}");
 }

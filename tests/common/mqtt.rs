@@ -40,6 +40,11 @@ impl Mosquitto {
     /// Start a broker with persistence in `dir`, `max_inflight_messages` per client, no
     /// queue limit for offline persistent sessions.
     pub fn start(dir: &Path, max_inflight: u32) -> Mosquitto {
+        Self::start_with(dir, max_inflight, "")
+    }
+
+    /// [`Mosquitto::start`] with `extra` appended to its config (e.g. a TLS listener).
+    pub fn start_with(dir: &Path, max_inflight: u32, extra: &str) -> Mosquitto {
         mosquitto_bin();
         let port = free_port();
         let store = dir.join("mosquitto-store");
@@ -57,7 +62,7 @@ impl Mosquitto {
                 "{user}listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
                  persistence_location {store}/\nautosave_interval 1\nmax_queued_messages 0\n\
                  max_inflight_messages {max_inflight}\nlog_dest stderr\n\
-                 log_type error\nlog_type warning\nlog_type notice\nlog_type information\n",
+                 log_type error\nlog_type warning\nlog_type notice\nlog_type information\n{extra}",
                 store = store.display()
             ),
         )
