@@ -286,7 +286,6 @@ pub fn router(state: AppState) -> Router {
         .merge(registry::routes::<registry::Device>("/api/devices"))
         .merge(registry::routes::<registry::Vehicle>("/api/vehicles"))
         .fallback(|| async { ApiError::not_found("no such route") })
-        .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
 }
 
