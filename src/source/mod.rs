@@ -182,52 +182,53 @@ pub struct SourceSlot {
 }
 
 impl SourceSlot {
+    /// Apply `f` to this source's status entry.
+    fn update(&self, f: impl FnOnce(&mut SourceState)) {
+        if let Some(s) = self.states.lock().get_mut(&self.name) {
+            f(s);
+        }
+    }
+
     /// Record that the source's loop turned (it is alive, idle or not); the systemd
     /// watchdog is withheld when a running source stops beating.
     pub fn beat(&self) {
-        if let Some(s) = self.states.lock().get_mut(&self.name) {
-            s.last_beat = Instant::now();
-        }
+        self.update(|s| s.last_beat = Instant::now());
     }
 
     /// Silence after which this source counts as wedged (default [`SOURCE_WEDGED_AFTER`]).
     pub fn set_wedged_after(&self, after: Duration) {
-        if let Some(s) = self.states.lock().get_mut(&self.name) {
-            s.wedged_after = after;
-        }
+        self.update(|s| s.wedged_after = after);
     }
 
     /// Change the state word (and optionally the last error).
     pub fn set_state(&self, state: &str, error: Option<String>) {
-        if let Some(s) = self.states.lock().get_mut(&self.name) {
+        self.update(|s| {
             s.last_beat = Instant::now();
             s.state = state.to_string();
             if error.is_some() {
                 s.last_error = error;
             }
-        }
+        });
     }
 
     /// Count `n` journaled frames.
     pub fn add_frames(&self, n: u64) {
-        if let Some(s) = self.states.lock().get_mut(&self.name) {
+        self.update(|s| {
             s.last_beat = Instant::now();
             s.frames += n;
-        }
+        });
     }
 
     /// Count one rejected input.
     pub fn add_invalid(&self) {
-        if let Some(s) = self.states.lock().get_mut(&self.name) {
-            s.invalid += 1;
-        }
+        self.update(|s| s.invalid += 1);
     }
 
     /// Count `n` rejected inputs for `reason` (also added to `invalid`).
     pub fn add_invalid_reason(&self, reason: &str, n: u64) {
-        if let Some(s) = self.states.lock().get_mut(&self.name) {
+        self.update(|s| {
             s.invalid += n;
             *s.invalid_by_reason.entry(reason.to_string()).or_default() += n;
-        }
+        });
     }
 }
