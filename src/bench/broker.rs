@@ -97,9 +97,28 @@ fn put_len(out: &mut Vec<u8>, mut n: usize) {
     }
 }
 
-fn put_str(out: &mut Vec<u8>, s: &[u8]) {
+/// An MQTT length-prefixed string.
+pub fn put_str(out: &mut Vec<u8>, s: &[u8]) {
     out.extend_from_slice(&(s.len() as u16).to_be_bytes());
     out.extend_from_slice(s);
+}
+
+/// A whole MQTT packet: fixed-header byte `head`, remaining length, `body`.
+pub fn packet(head: u8, body: &[u8]) -> Vec<u8> {
+    let mut pkt = vec![head];
+    put_len(&mut pkt, body.len());
+    pkt.extend_from_slice(body);
+    pkt
+}
+
+/// An MQTT 3.1.1 CONNECT (clean session) for `client_id` with `keep_alive_s` (0: off).
+pub fn connect_packet(client_id: &str, keep_alive_s: u16) -> Vec<u8> {
+    let mut body = Vec::new();
+    put_str(&mut body, b"MQTT");
+    body.extend_from_slice(&[4, 0x02]); // level 4, clean session
+    body.extend_from_slice(&keep_alive_s.to_be_bytes());
+    put_str(&mut body, client_id.as_bytes());
+    packet(0x10, &body)
 }
 
 /// A blocking MQTT 3.1.1 publisher (clean session, no keep-alive) for loading a broker.
@@ -121,14 +140,7 @@ impl RawPublisher {
     pub fn connect(port: u16, client_id: &str, window: u16) -> anyhow::Result<RawPublisher> {
         let mut s = TcpStream::connect(("127.0.0.1", port))?;
         s.set_nodelay(true)?;
-        let mut body = Vec::new();
-        put_str(&mut body, b"MQTT");
-        body.extend_from_slice(&[4, 0x02, 0, 0]); // level 4, clean session, keep-alive off
-        put_str(&mut body, client_id.as_bytes());
-        let mut pkt = vec![0x10];
-        put_len(&mut pkt, body.len());
-        pkt.extend_from_slice(&body);
-        s.write_all(&pkt)?;
+        s.write_all(&connect_packet(client_id, 0))?;
         let mut connack = [0u8; 4];
         s.read_exact(&mut connack)?;
         if connack[0] != 0x20 || connack[3] != 0 {

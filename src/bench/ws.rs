@@ -7,7 +7,7 @@
 //! the measuring side stays light. mosquitto's WebSocket listener binds every interface:
 //! run this inside a loopback-only network namespace (`scripts/bench-ws` does).
 
-use super::broker::{free_port, Mosquitto};
+use super::broker::{connect_packet, free_port, packet, put_str, Mosquitto};
 use clap::Args;
 use futures_util::{SinkExt, StreamExt};
 use rumqttc::{AsyncClient, MqttOptions, QoS};
@@ -153,17 +153,10 @@ async fn mqtt_ws_subscriber(port: u16, id: usize, tally: Arc<Tally>) -> anyhow::
         .insert("sec-websocket-protocol", "mqtt".parse()?);
     let (mut ws, _) = tokio_tungstenite::connect_async(req).await?;
     let cid = format!("bench-ws-{id}");
-    let mut connect = vec![0x00, 0x04, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60];
-    connect.extend_from_slice(&(cid.len() as u16).to_be_bytes());
-    connect.extend_from_slice(cid.as_bytes());
-    let topic = b"bench/#";
     let mut sub = vec![0, 1];
-    sub.extend_from_slice(&(topic.len() as u16).to_be_bytes());
-    sub.extend_from_slice(topic);
+    put_str(&mut sub, b"bench/#");
     sub.push(0);
-    for (head, body) in [(0x10u8, connect), (0x82u8, sub)] {
-        let mut pkt = vec![head, body.len() as u8];
-        pkt.extend_from_slice(&body);
+    for pkt in [connect_packet(&cid, 60), packet(0x82, &sub)] {
         ws.send(Message::Binary(pkt.into())).await?;
     }
     let mut buf: Vec<u8> = Vec::new();
