@@ -139,10 +139,7 @@ impl KeyStore {
             created_ms: crate::frame::now_ms(),
             id: hex(&h[..4]),
         };
-        self.ephemeral
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .push((h, info));
+        crate::sync::write(&self.ephemeral).push((h, info));
     }
 
     /// Create and store a key; returns the key (shown once) and its info.
@@ -198,7 +195,7 @@ impl KeyStore {
     /// Look a presented key up; `None` if unknown. Comparison is constant-time.
     pub fn verify(&self, key: &str) -> Option<KeyInfo> {
         let h = hash(key);
-        let eph = self.ephemeral.read().unwrap_or_else(|p| p.into_inner());
+        let eph = crate::sync::read(&self.ephemeral);
         let mut found = None;
         for (stored, info) in eph.iter() {
             if bool::from(stored.ct_eq(&h)) {
@@ -229,7 +226,7 @@ type Failures = std::collections::HashMap<std::net::IpAddr, (u32, std::time::Ins
 
 impl Throttle {
     fn lock(&self) -> std::sync::MutexGuard<'_, Failures> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.0)
     }
 
     /// Whether `ip` is currently refused; returns the seconds until it may retry.

@@ -16,13 +16,14 @@ pub use open::Quarantine;
 pub use stats::JournalStats;
 
 use crate::frame::{key_seq, seq_key, Frame};
+use crate::sync::lock;
 use crate::units::{ByteSize, HumanDuration, Positive};
 use serde::Deserialize;
 use stats::Counters;
 use std::collections::{BTreeSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 use tokio::sync::{broadcast, watch};
 
@@ -112,10 +113,6 @@ struct Inner {
     wake: (Mutex<bool>, Condvar),
     sinks: Mutex<BTreeSet<String>>,
     quarantine: Option<Quarantine>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn meta_u64(meta: &sled::Tree, key: &str) -> Result<Option<u64>, sled::Error> {
@@ -281,7 +278,7 @@ impl Journal {
 
     /// Test hook: hold the writer lock, wedging appends and the flusher until dropped.
     #[cfg(test)]
-    pub(crate) fn wedge(&self) -> MutexGuard<'_, impl Sized> {
+    pub(crate) fn wedge(&self) -> std::sync::MutexGuard<'_, impl Sized> {
         lock(&self.inner.write)
     }
 

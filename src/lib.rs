@@ -15,4 +15,5 @@ pub mod relay;
 pub mod service;
 pub mod sink;
 pub mod source;
+pub mod sync;
 pub mod units;

@@ -11,6 +11,7 @@ use crate::relay::hub::{CommandRoutes, Hub};
 use crate::sink::SinkStates;
 use crate::source::{sim, SourceCtx, SourceStates};
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -115,7 +116,14 @@ pub async fn run(cfg: Config, opts: RunOptions) -> anyhow::Result<()> {
     };
     let listener = tokio::net::TcpListener::bind(cfg.listen.address)
         .await
-        .with_context(|| format!("cannot listen on {}", cfg.listen.address))?;
+        .with_context(|| format!("cannot listen on {}", cfg.listen.address))?
+        // Live frames are small writes: without TCP_NODELAY, Nagle and the client's delayed
+        // ACK hold one back for up to 40 ms whenever the previous one is still unacknowledged.
+        .tap_io(|tcp: &mut tokio::net::TcpStream| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+        });
     tracing::info!(address = %cfg.listen.address, gateway = %gateway, "API listening");
     let server_stop = shutdown.clone();
     let server = tokio::spawn(async move {

@@ -225,6 +225,28 @@ fn filters_ping_broadcast_command_and_bad_messages() {
             }
         }
         assert_eq!(code, Some(1009));
+
+        // Far over (2 MiB, past what the gateway reads at all): the connection ends, with
+        // 1009 or a reset, and the gateway carries on.
+        let (mut c, _) = ws_connect(gw.port, "/ws", Some(&k.read), None)
+            .await
+            .expect("connect");
+        let _ = c.send(Message::Binary(vec![b'x'; 2 << 20].into())).await;
+        let ended = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Some(msg) = c.next().await {
+                match msg {
+                    Ok(Message::Close(Some(cf))) => return Some(u16::from(cf.code)),
+                    Ok(_) => continue,
+                    Err(_) => return None,
+                }
+            }
+            None
+        })
+        .await;
+        assert!(
+            matches!(ended, Ok(None | Some(1009))),
+            "a 2 MiB message must end the connection, got {ended:?}"
+        );
         let (code, _) = http_async("GET", &gw.url("/api/status"), Some(&k.read), None).await;
         assert_eq!(code, 200);
     });

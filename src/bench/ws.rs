@@ -120,6 +120,9 @@ async fn publish(port: u16, rate: u64, secs: u64) -> anyhow::Result<u64> {
     opts.set_keep_alive(Duration::from_secs(30));
     opts.set_inflight(200);
     let (client, mut el) = AsyncClient::new(opts, 1000);
+    let mut net = rumqttc::NetworkOptions::new();
+    net.set_tcp_nodelay(true);
+    el.set_network_options(net);
     let driver = tokio::spawn(async move { while el.poll().await.is_ok() {} });
     let total = rate * secs;
     let t0 = Instant::now();

@@ -146,7 +146,7 @@ impl Counters {
     pub fn evict(&self, n: u64, bytes: u64, cap: u64) {
         self.removed(n, bytes);
         let total = self.evicted.fetch_add(n, Relaxed) + n;
-        let mut log = self.evict_log.lock().unwrap_or_else(|p| p.into_inner());
+        let mut log = crate::sync::lock(&self.evict_log);
         let due = log.is_none_or(|(at, _)| at.elapsed() >= EVICT_LOG_EVERY);
         if due {
             let since = total - log.map_or(0, |(_, t)| t);

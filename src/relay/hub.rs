@@ -3,12 +3,13 @@
 
 use crate::frame::Frame;
 use crate::journal::Journal;
+use crate::sync::lock;
 use axum::extract::ws::Utf8Bytes;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
@@ -129,10 +130,6 @@ impl CommandRoutes {
             mpsc::error::TrySendError::Closed(_) => format!("device {device:?} is not connected"),
         })
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Hub {

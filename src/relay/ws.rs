@@ -20,6 +20,10 @@ use tokio_util::sync::CancellationToken;
 
 /// Largest client message; bigger ones close the connection with 1009.
 pub const MAX_MESSAGE: usize = 64 * 1024;
+/// Largest message read at all: up to here an oversize message is read whole before the
+/// 1009 close (a clean close); beyond it the read fails at the frame header and the
+/// connection may end in a reset.
+pub const READ_LIMIT: usize = 1 << 20;
 /// A client that cannot take a message for this long is disconnected.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Lag events within [`LAG_WINDOW`] that mark a client as persistently slow (close 1008).
@@ -341,6 +345,14 @@ impl Session {
             }
             Some(Ok(m)) => m,
         };
+        let size = match &msg {
+            Message::Text(t) => t.len(),
+            Message::Binary(b) => b.len(),
+            _ => 0,
+        };
+        if size > MAX_MESSAGE {
+            return Err(End::Close(1009, "message too big (limit 64 KiB)"));
+        }
         let text = match msg {
             Message::Text(t) => t,
             Message::Close(_) => return Err(End::Closed),

@@ -49,7 +49,7 @@ impl SinkStates {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, SinkState>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.0)
     }
 }
 

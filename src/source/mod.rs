@@ -170,7 +170,7 @@ impl SourceStates {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, SourceState>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.0)
     }
 }
 

@@ -59,7 +59,7 @@ impl Health {
     }
 
     fn set_link(&self, to: Link) -> Link {
-        let mut l = self.link.lock().unwrap_or_else(|p| p.into_inner());
+        let mut l = crate::sync::lock(&self.link);
         let from = *l;
         *l = to;
         from
@@ -67,7 +67,7 @@ impl Health {
 
     /// Whether the last attempt reached the server.
     pub(super) fn is_online(&self) -> bool {
-        *self.link.lock().unwrap_or_else(|p| p.into_inner()) == Link::Online
+        *crate::sync::lock(&self.link) == Link::Online
     }
 
     /// The server answered (a write, an index build): we are online.

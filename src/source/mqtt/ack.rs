@@ -39,7 +39,7 @@ pub struct Generation(Arc<Mutex<u64>>);
 impl Generation {
     /// Lock the counter (acks are queued while holding it, see [`Generation::bump`]).
     pub fn lock(&self) -> MutexGuard<'_, u64> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.0)
     }
 
     /// Start a new generation and run `purge` (which drops queued acks) under the same

@@ -173,6 +173,11 @@ impl Source {
             commands,
         } = ctx;
         let (client, mut eventloop) = AsyncClient::new(self.options.clone(), REQUEST_CAP);
+        // Acks and commands are tiny packets: without TCP_NODELAY, Nagle holds a PUBACK back
+        // until the broker ACKs the previous segment, which stalls its in-flight window.
+        let mut net = rumqttc::NetworkOptions::new();
+        net.set_tcp_nodelay(true);
+        eventloop.set_network_options(net);
         let mut routed = std::collections::HashSet::new();
         let generation = Generation::default();
         // Unbounded on purpose: the ack task needs this loop to keep polling (the event loop
