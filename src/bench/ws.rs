@@ -149,12 +149,26 @@ async fn publish(port: u16, rate: u64, secs: u64) -> anyhow::Result<u64> {
     Ok(total)
 }
 
+/// Connect a receiver: TCP_NODELAY, and a 4 KiB read buffer — tungstenite zero-fills its
+/// whole read buffer (128 KiB by default) on every read, which at 100,000 messages/s made
+/// the receivers, not the relays, the busiest thing on the box.
+async fn connect(
+    req: tokio_tungstenite::tungstenite::handshake::client::Request,
+) -> anyhow::Result<(
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    tokio_tungstenite::tungstenite::handshake::client::Response,
+)> {
+    let cfg = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(4 << 10);
+    Ok(tokio_tungstenite::connect_async_with_config(req, Some(cfg), true).await?)
+}
+
 /// A minimal MQTT 3.1.1 over WebSocket subscriber (QoS 0), fed to `tally`.
 async fn mqtt_ws_subscriber(port: u16, id: usize, tally: Arc<Tally>) -> anyhow::Result<()> {
     let mut req = format!("ws://127.0.0.1:{port}/mqtt").into_client_request()?;
     req.headers_mut()
         .insert("sec-websocket-protocol", "mqtt".parse()?);
-    let (mut ws, _) = tokio_tungstenite::connect_async(req).await?;
+    let (mut ws, _) = connect(req).await?;
     let cid = format!("bench-ws-{id}");
     let mut sub = vec![0, 1];
     put_str(&mut sub, b"bench/#");
@@ -195,7 +209,7 @@ async fn mqtt_ws_subscriber(port: u16, id: usize, tally: Arc<Tally>) -> anyhow::
 async fn fieldgate_subscriber(port: u16, key: String, tally: Arc<Tally>) -> anyhow::Result<()> {
     let mut req = format!("ws://127.0.0.1:{port}/ws").into_client_request()?;
     req.headers_mut().insert("x-api-key", key.parse()?);
-    let (mut ws, _) = tokio_tungstenite::connect_async(req).await?;
+    let (mut ws, _) = connect(req).await?;
     while let Some(msg) = ws.next().await {
         if let Message::Text(t) = msg? {
             if t.as_bytes().starts_with(b"{\"data\"") || t.contains("\"type\":\"frame\"") {

@@ -92,11 +92,20 @@ pub struct ClientInfo {
     pub dropped: u64,
 }
 
+/// A session's delivery counters: updated per burst without touching the client table.
+#[derive(Debug, Default)]
+pub struct ClientCounters {
+    /// Frames sent.
+    pub sent: AtomicU64,
+    /// Frames dropped because the client lagged.
+    pub dropped: AtomicU64,
+}
+
 /// The live fan-out point, shared by the API and every session.
 pub struct Hub {
     frames: broadcast::Sender<Arc<LiveFrame>>,
     messages: broadcast::Sender<Utf8Bytes>,
-    clients: Mutex<BTreeMap<u64, ClientInfo>>,
+    clients: Mutex<BTreeMap<u64, (ClientInfo, Arc<ClientCounters>)>>,
     devices: Mutex<HashMap<String, DeviceLive>>,
     vehicles: Mutex<HashMap<String, VehicleLive>>,
     next_id: AtomicU64,
@@ -234,17 +243,18 @@ impl Hub {
         self.commands.send(device, payload)
     }
 
-    /// Register a client session; returns its id.
-    pub fn add_client(&self, mut info: ClientInfo) -> u64 {
+    /// Register a client session; returns its id and its counters.
+    pub fn add_client(&self, mut info: ClientInfo) -> (u64, Arc<ClientCounters>) {
         let id = self.next_id.fetch_add(1, Relaxed);
         info.id = id;
-        lock(&self.clients).insert(id, info);
-        id
+        let counters = Arc::new(ClientCounters::default());
+        lock(&self.clients).insert(id, (info, Arc::clone(&counters)));
+        (id, counters)
     }
 
     /// Update a client's entry.
     pub fn update_client(&self, id: u64, f: impl FnOnce(&mut ClientInfo)) {
-        if let Some(c) = lock(&self.clients).get_mut(&id) {
+        if let Some((c, _)) = lock(&self.clients).get_mut(&id) {
             f(c);
         }
     }
@@ -256,7 +266,14 @@ impl Hub {
 
     /// Connected clients.
     pub fn clients(&self) -> Vec<ClientInfo> {
-        lock(&self.clients).values().cloned().collect()
+        lock(&self.clients)
+            .values()
+            .map(|(c, n)| ClientInfo {
+                sent: n.sent.load(Relaxed),
+                dropped: n.dropped.load(Relaxed),
+                ..c.clone()
+            })
+            .collect()
     }
 
     /// Live status of one vehicle.

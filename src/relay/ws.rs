@@ -4,7 +4,7 @@
 //! in the hub's ring; when it falls behind it either recovers from the journal (clients
 //! that asked for `from_seq` want every frame) or drops the oldest and says `lagged`.
 
-use super::hub::{ClientInfo, Hub, LiveFrame};
+use super::hub::{ClientCounters, ClientInfo, Hub, LiveFrame};
 use super::tmd;
 use crate::auth::{KeyInfo, Scope};
 use crate::frame::Frame;
@@ -13,6 +13,7 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::{json, Value};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::broadcast::error::RecvError;
@@ -104,6 +105,7 @@ struct Session {
     ctx: SessionCtx,
     key: KeyInfo,
     id: u64,
+    counters: Arc<ClientCounters>,
     filters: Filters,
     active: bool,
     /// Next journal seq to replay, while backfilling.
@@ -118,7 +120,7 @@ struct Session {
 pub async fn run(socket: WebSocket, ctx: SessionCtx, key: KeyInfo, info: ClientInfo) {
     let name = info.name.clone();
     let addr = info.address;
-    let id = ctx.hub.add_client(info);
+    let (id, counters) = ctx.hub.add_client(info);
     let span = tracing::info_span!("ws", client = %name, %addr, id);
     let _g = span.enter();
     tracing::info!(key = %key.id, "client connected");
@@ -126,6 +128,7 @@ pub async fn run(socket: WebSocket, ctx: SessionCtx, key: KeyInfo, info: ClientI
         ctx,
         key,
         id,
+        counters,
         filters: Filters::default(),
         active: true,
         replay: None,
@@ -143,6 +146,31 @@ pub async fn run(socket: WebSocket, ctx: SessionCtx, key: KeyInfo, info: ClientI
 }
 
 type Sink = futures_util::stream::SplitSink<WebSocket, Message>;
+type ClientMsg = Option<Result<Message, axum::Error>>;
+
+/// Read client messages in their own task, woken only when the socket has data. Polling
+/// the stream from the session loop instead cost a read attempt (and tungstenite's
+/// read-buffer zeroing) for every live frame sent. The channel is small so a client that
+/// floods messages is held back by TCP, not buffered here; `None` on the channel or a
+/// closed channel means the client is gone.
+fn spawn_reader(
+    mut stream: futures_util::stream::SplitStream<WebSocket>,
+) -> (
+    tokio::sync::mpsc::Receiver<ClientMsg>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel::<ClientMsg>(4);
+    let task = tokio::spawn(async move {
+        loop {
+            let m = stream.next().await;
+            let last = !matches!(m, Some(Ok(_)));
+            if tx.send(m).await.is_err() || last {
+                return;
+            }
+        }
+    });
+    (rx, task)
+}
 
 /// Most live frames written to one client before a flush.
 const FEED_MAX: usize = 256;
@@ -172,7 +200,7 @@ fn written<E>(r: Result<Result<(), E>, tokio::time::error::Elapsed>) -> Result<(
 
 impl Session {
     async fn serve(&mut self, socket: WebSocket, name: &str) -> End {
-        let (mut sink, mut stream) = socket.split();
+        let (mut sink, stream) = socket.split();
         let welcome = tmd(
             "welcome",
             "welcome",
@@ -185,11 +213,14 @@ impl Session {
         let mut live = self.ctx.hub.subscribe();
         let mut msgs = self.ctx.hub.messages();
         let shutdown = self.ctx.shutdown.clone();
+        let cancelled = shutdown.cancelled();
+        tokio::pin!(cancelled);
+        let (mut incoming, reader) = spawn_reader(stream);
         let end = loop {
             let step = tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => Err(End::Shutdown),
-                incoming = stream.next() => self.on_incoming(incoming, &mut sink, &mut live).await,
+                _ = &mut cancelled => Err(End::Shutdown),
+                m = incoming.recv() => self.on_incoming(m.flatten(), &mut sink, &mut live).await,
                 m = msgs.recv() => match m {
                     Ok(text) => send(&mut sink, text).await,
                     Err(_) => Ok(()),
@@ -201,6 +232,7 @@ impl Session {
                 break end;
             }
         };
+        reader.abort();
         let close = |code: u16, reason: &'static str| {
             Message::Close(Some(CloseFrame {
                 code,
@@ -266,7 +298,7 @@ impl Session {
         }
         if fed > 0 {
             flush(sink).await?;
-            self.ctx.hub.update_client(self.id, |c| c.sent += fed);
+            self.counters.sent.fetch_add(fed, Relaxed);
         }
         Ok(())
     }
@@ -283,7 +315,7 @@ impl Session {
             self.replay = Some(self.last_sent + 1);
             return Ok(());
         }
-        self.ctx.hub.update_client(self.id, |c| c.dropped += n);
+        self.counters.dropped.fetch_add(n, Relaxed);
         tracing::warn!(dropped = n, "client lagged; dropped its oldest frames");
         if self.lag_events.len() >= LAG_LIMIT {
             return Err(End::Close(1008, "client persistently too slow"));
@@ -320,13 +352,13 @@ impl Session {
         }
         self.last_sent = last;
         self.replay = Some(last + 1);
-        self.ctx.hub.update_client(self.id, |c| c.sent += sent);
+        self.counters.sent.fetch_add(sent, Relaxed);
         Ok(())
     }
 
     async fn on_incoming(
         &mut self,
-        incoming: Option<Result<Message, axum::Error>>,
+        incoming: ClientMsg,
         sink: &mut Sink,
         live: &mut tokio::sync::broadcast::Receiver<Arc<LiveFrame>>,
     ) -> Result<(), End> {
