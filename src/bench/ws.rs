@@ -31,6 +31,10 @@ pub struct WsArgs {
     /// Seconds of publishing per relay.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
+    /// Instead of one load: raise the rate by this many msg/s per step until drops, and
+    /// report the highest fan-out (deliveries/s, all clients) each relay sustains.
+    #[arg(long)]
+    saturate: Option<u64>,
     /// The mosquitto binary.
     #[arg(long, default_value = "/usr/sbin/mosquitto")]
     mosquitto: PathBuf,
@@ -220,25 +224,116 @@ async fn fieldgate_subscriber(port: u16, key: String, tally: Arc<Tally>) -> anyh
     Ok(())
 }
 
-fn report(name: &str, tally: &Tally, published: u64, clients: usize, secs: u64, peer: (f64, u64)) {
-    let mut lat = tally.lat_us.lock().map(|v| v.clone()).unwrap_or_default();
-    lat.sort_unstable();
-    let pct = |p: f64| -> f64 {
-        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
-            .map_or(f64::NAN, |v| f64::from(*v) / 1000.0)
-    };
-    let expected = published * clients as u64;
-    let got = tally.received.load(Relaxed);
-    println!(
-        "{name:<10} p50 {:>7.2} ms  p99 {:>7.2} ms  max {:>8.2} ms  delivered {:>8.0}/s  drops {:>6}  relay CPU {:>5.1}%  RSS {:>6} kB",
-        pct(0.50),
-        pct(0.99),
-        lat.last().map_or(f64::NAN, |v| f64::from(*v) / 1000.0),
-        got as f64 / secs as f64,
-        expected.saturating_sub(got),
-        peer.0 * 100.0 / secs as f64,
-        peer.1
-    );
+/// What one relay did at one load.
+struct Outcome {
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+    delivered_per_s: f64,
+    drops: u64,
+    cpu_pct: f64,
+    rss_kb: u64,
+}
+
+impl Outcome {
+    fn from(tally: &Tally, published: u64, clients: usize, secs: u64, peer: (f64, u64)) -> Self {
+        let mut lat = tally.lat_us.lock().map(|v| v.clone()).unwrap_or_default();
+        lat.sort_unstable();
+        let pct = |p: f64| -> f64 {
+            lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+                .map_or(f64::NAN, |v| f64::from(*v) / 1000.0)
+        };
+        let got = tally.received.load(Relaxed);
+        Outcome {
+            p50_ms: pct(0.50),
+            p99_ms: pct(0.99),
+            max_ms: lat.last().map_or(f64::NAN, |v| f64::from(*v) / 1000.0),
+            delivered_per_s: got as f64 / secs as f64,
+            drops: (published * clients as u64).saturating_sub(got),
+            cpu_pct: peer.0 * 100.0 / secs as f64,
+            rss_kb: peer.1,
+        }
+    }
+
+    fn print(&self, name: &str) {
+        println!(
+            "{name:<10} p50 {:>7.2} ms  p99 {:>7.2} ms  max {:>8.2} ms  delivered {:>8.0}/s  drops {:>6}  relay CPU {:>5.1}%  RSS {:>6} kB",
+            self.p50_ms, self.p99_ms, self.max_ms, self.delivered_per_s, self.drops, self.cpu_pct, self.rss_kb
+        );
+    }
+}
+
+/// The relay being measured and how to subscribe to it.
+enum Relay {
+    Fieldgate { port: u16, key: String, pid: u32 },
+    Mosquitto { ws_port: u16, pid: u32 },
+}
+
+impl Relay {
+    fn name(&self) -> &'static str {
+        match self {
+            Relay::Fieldgate { .. } => "fieldgate",
+            Relay::Mosquitto { .. } => "mosquitto",
+        }
+    }
+
+    /// Connect `clients` receivers, publish `rate`/s for `secs` s, and measure.
+    async fn measure(
+        &self,
+        mqtt_port: u16,
+        rate: u64,
+        clients: usize,
+        secs: u64,
+    ) -> anyhow::Result<Outcome> {
+        let tally = Arc::new(Tally::default());
+        let recv: Vec<_> = (0..clients)
+            .map(|i| match self {
+                Relay::Fieldgate { port, key, .. } => {
+                    tokio::spawn(fieldgate_subscriber(*port, key.clone(), tally.clone()))
+                }
+                Relay::Mosquitto { ws_port, .. } => {
+                    tokio::spawn(mqtt_ws_subscriber(*ws_port, i, tally.clone()))
+                }
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let pid = match self {
+            Relay::Fieldgate { pid, .. } | Relay::Mosquitto { pid, .. } => *pid,
+        };
+        let cpu0 = proc_usage(pid);
+        let published = publish(mqtt_port, rate, secs).await;
+        let cpu1 = proc_usage(pid);
+        recv.iter().for_each(|h| h.abort());
+        Ok(Outcome::from(
+            &tally,
+            published?,
+            clients,
+            secs,
+            (cpu1.0 - cpu0.0, cpu1.1),
+        ))
+    }
+}
+
+/// Raise the rate in steps of `step` until the relay drops or falls a second behind;
+/// returns the highest delivered rate it kept up with.
+async fn saturate(
+    relay: &Relay,
+    mqtt_port: u16,
+    step: u64,
+    clients: usize,
+    secs: u64,
+) -> anyhow::Result<f64> {
+    let mut best = 0.0;
+    for k in 1..=40 {
+        let rate = step * k;
+        let o = relay.measure(mqtt_port, rate, clients, secs).await?;
+        o.print(&format!("{}@{rate}", relay.name()));
+        if o.drops > 0 || o.p99_ms > 1000.0 {
+            break;
+        }
+        best = o.delivered_per_s;
+    }
+    Ok(best)
 }
 
 fn start_fieldgate(dir: &Path, mqtt_port: u16, port: u16) -> anyhow::Result<(Killed, String)> {
@@ -289,38 +384,45 @@ pub fn run(a: WsArgs) -> anyhow::Result<()> {
             ),
             &[mqtt_port, ws_port],
         )?;
-        println!(
-            "bench ws: {} msg/s for {} s to {} WebSocket clients per relay (QoS1 publish, ~200 B JSON)",
-            a.rate, a.seconds, a.clients
-        );
+        match a.saturate {
+            None => println!(
+                "bench ws: {} msg/s for {} s to {} WebSocket clients per relay (QoS1 publish, ~200 B JSON)",
+                a.rate, a.seconds, a.clients
+            ),
+            Some(step) => println!(
+                "bench ws --saturate: rate raised by {step} msg/s per {} s step, {} WebSocket clients per relay, until drops or p99 > 1 s",
+                a.seconds, a.clients
+            ),
+        }
 
         let (fg, key) = start_fieldgate(&dir, mqtt_port, fg_port)?;
         wait_port(fg_port).await?;
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let tally = Arc::new(Tally::default());
-        let mut recv = Vec::new();
-        for _ in 0..a.clients {
-            recv.push(tokio::spawn(fieldgate_subscriber(fg_port, key.clone(), tally.clone())));
+        let relays = [
+            Relay::Fieldgate { port: fg_port, key, pid: fg.0.id() },
+            Relay::Mosquitto { ws_port, pid: mosq.pid() },
+        ];
+        let mut sustained = Vec::new();
+        let mut fg = Some(fg);
+        for relay in &relays {
+            if matches!(relay, Relay::Mosquitto { .. }) {
+                // fieldgate subscribes to the broker: stop it so it does not share the CPU.
+                drop(fg.take());
+            }
+            match a.saturate {
+                None => relay
+                    .measure(mqtt_port, a.rate, a.clients, a.seconds)
+                    .await?
+                    .print(relay.name()),
+                Some(step) => sustained.push((
+                    relay.name(),
+                    saturate(relay, mqtt_port, step, a.clients, a.seconds).await?,
+                )),
+            }
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let cpu0 = proc_usage(fg.0.id());
-        let published = publish(mqtt_port, a.rate, a.seconds).await?;
-        let cpu1 = proc_usage(fg.0.id());
-        report("fieldgate", &tally, published, a.clients, a.seconds, (cpu1.0 - cpu0.0, cpu1.1));
-        recv.iter().for_each(|h| h.abort());
-        drop(fg);
-
-        let tally = Arc::new(Tally::default());
-        let mut recv = Vec::new();
-        for i in 0..a.clients {
-            recv.push(tokio::spawn(mqtt_ws_subscriber(ws_port, i, tally.clone())));
+        for (name, best) in sustained {
+            println!("{name:<10} sustains {best:.0} deliveries/s without drops");
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let cpu0 = proc_usage(mosq.pid());
-        let published = publish(mqtt_port, a.rate, a.seconds).await?;
-        let cpu1 = proc_usage(mosq.pid());
-        report("mosquitto", &tally, published, a.clients, a.seconds, (cpu1.0 - cpu0.0, cpu1.1));
-        recv.iter().for_each(|h| h.abort());
         drop(mosq);
         let _ = std::fs::remove_dir_all(&dir);
         Ok(())

@@ -46,7 +46,7 @@ impl LiveFrame {
 }
 
 /// Last known state of a device, derived from its frames.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct DeviceLive {
     /// Last frame time, unix ms.
     pub last_seen_ms: i64,
@@ -141,6 +141,14 @@ impl CommandRoutes {
     }
 }
 
+/// Apply `f` to the entry for `key`, created on first sight (the key is only copied then).
+fn update<V: Default>(map: &mut HashMap<String, V>, key: &str, f: impl FnOnce(&mut V)) {
+    match map.get_mut(key) {
+        Some(v) => f(v),
+        None => f(map.entry(key.to_string()).or_default()),
+    }
+}
+
 impl Hub {
     /// Start the hub task following `journal` until `shutdown`.
     pub fn spawn(
@@ -195,31 +203,24 @@ impl Hub {
 
     /// Update live device/vehicle status from a frame.
     fn observe(&self, f: &Frame) {
-        {
-            let mut d = lock(&self.devices);
-            let e = d.entry(f.device.clone()).or_insert(DeviceLive {
-                last_seen_ms: 0,
-                last_seq: 0,
-                last_kind: String::new(),
-                frames: 0,
-            });
+        update(&mut lock(&self.devices), &f.device, |e: &mut DeviceLive| {
             e.last_seen_ms = e.last_seen_ms.max(f.ts_ms);
             e.last_seq = f.seq;
             e.last_kind.clone_from(&f.kind);
             e.frames += 1;
-        }
+        });
         if let Some(v) = &f.vehicle {
-            let mut vs = lock(&self.vehicles);
-            let e = vs.entry(v.clone()).or_default();
-            e.last_seen_ms = e.last_seen_ms.max(f.ts_ms);
-            e.last_seq = f.seq;
-            let num = |k: &str| f.payload.get(k).and_then(|x| x.as_f64());
-            if let (Some(lat), Some(lon)) = (num("lat"), num("lon")) {
-                e.position = Some([lat, lon]);
-            }
-            if let Some(s) = num("speed_kmh") {
-                e.speed_kmh = Some(s);
-            }
+            update(&mut lock(&self.vehicles), v, |e: &mut VehicleLive| {
+                e.last_seen_ms = e.last_seen_ms.max(f.ts_ms);
+                e.last_seq = f.seq;
+                let num = |k: &str| f.payload.get(k).and_then(|x| x.as_f64());
+                if let (Some(lat), Some(lon)) = (num("lat"), num("lon")) {
+                    e.position = Some([lat, lon]);
+                }
+                if let Some(s) = num("speed_kmh") {
+                    e.speed_kmh = Some(s);
+                }
+            });
         }
     }
 

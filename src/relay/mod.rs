@@ -10,12 +10,33 @@ pub mod hub;
 pub mod ws;
 
 use serde::Serialize;
-use serde_json::{json, Value};
+
+/// The TMD envelope, serialized straight from the borrowed parts (no `Value` copy of the
+/// frame: this runs once per live frame).
+#[derive(Serialize)]
+struct Envelope<'a, T> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    message: &'a str,
+    data: T,
+}
 
 /// The seed's message envelope, `{type, message, data}`: the one place it is built.
 pub fn tmd(kind: &str, message: &str, data: impl Serialize) -> String {
-    let data = serde_json::to_value(data).unwrap_or(Value::Null);
-    json!({"type": kind, "message": message, "data": data}).to_string()
+    serde_json::to_string(&Envelope {
+        kind,
+        message,
+        data,
+    })
+    .unwrap_or_else(|_| {
+        // Only data that JSON cannot express (e.g. non-string map keys) ends up here.
+        serde_json::to_string(&Envelope {
+            kind,
+            message,
+            data: (),
+        })
+        .unwrap_or_default()
+    })
 }
 
 #[cfg(test)]
@@ -28,5 +49,7 @@ mod tests {
         assert_eq!(v["type"], "pong");
         assert_eq!(v["message"], "pong");
         assert_eq!(v["data"]["t"], 1);
+        let text = super::tmd("frame", "", 7);
+        assert_eq!(text, r#"{"type":"frame","message":"","data":7}"#);
     }
 }
