@@ -28,6 +28,9 @@ pub struct JournalArgs {
     /// Journal byte cap.
     #[arg(long, default_value = "4GiB")]
     max_bytes: String,
+    /// sled page cache (default: the journal's default).
+    #[arg(long)]
+    cache_bytes: Option<String>,
     /// Print `issued N` / `durable N` every --batch frames (the crash test uses this).
     #[arg(long)]
     report: bool,
@@ -56,6 +59,7 @@ pub fn run(args: JournalArgs) -> anyhow::Result<()> {
         data,
         flush_ms,
         max_bytes,
+        cache_bytes,
         report,
         batch,
     } = args;
@@ -75,6 +79,12 @@ pub fn run(args: JournalArgs) -> anyhow::Result<()> {
                 max_bytes: ByteSize(
                     fieldgate::units::parse_bytes(&max_bytes).context("--max-bytes")?,
                 ),
+                cache_bytes: match cache_bytes {
+                    Some(c) => {
+                        ByteSize(fieldgate::units::parse_bytes(&c).context("--cache-bytes")?)
+                    }
+                    None => JournalConfig::default().cache_bytes,
+                },
                 ..JournalConfig::default()
             };
             let journal = Journal::open(cfg)?;
