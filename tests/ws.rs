@@ -213,18 +213,7 @@ fn filters_ping_broadcast_command_and_bad_messages() {
             "x".repeat(70 * 1024)
         );
         let _ = b.send(Message::Text(huge.into())).await;
-        let mut code = None;
-        while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(10), b.next()).await {
-            match msg {
-                Ok(Message::Close(Some(cf))) => {
-                    code = Some(u16::from(cf.code));
-                    break;
-                }
-                Ok(_) => continue,
-                Err(_) => break,
-            }
-        }
-        assert_eq!(code, Some(1009));
+        assert_eq!(close_code(&mut b).await, Ok(Some(1009)));
 
         // Far over (2 MiB, past what the gateway reads at all): the connection ends, with
         // 1009 or a reset, and the gateway carries on.
@@ -232,17 +221,7 @@ fn filters_ping_broadcast_command_and_bad_messages() {
             .await
             .expect("connect");
         let _ = c.send(Message::Binary(vec![b'x'; 2 << 20].into())).await;
-        let ended = tokio::time::timeout(Duration::from_secs(10), async {
-            while let Some(msg) = c.next().await {
-                match msg {
-                    Ok(Message::Close(Some(cf))) => return Some(u16::from(cf.code)),
-                    Ok(_) => continue,
-                    Err(_) => return None,
-                }
-            }
-            None
-        })
-        .await;
+        let ended = close_code(&mut c).await;
         assert!(
             matches!(ended, Ok(None | Some(1009))),
             "a 2 MiB message must end the connection, got {ended:?}"
@@ -250,6 +229,22 @@ fn filters_ping_broadcast_command_and_bad_messages() {
         let (code, _) = http_async("GET", &gw.url("/api/status"), Some(&k.read), None).await;
         assert_eq!(code, 200);
     });
+}
+
+/// Read until the gateway ends the connection: `Ok(Some(code))` for a close frame,
+/// `Ok(None)` when it ends without one (a reset), `Err` if it is still open after 10 s.
+async fn close_code(ws: &mut common::Ws) -> Result<Option<u16>, tokio::time::error::Elapsed> {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(msg) = ws.next().await {
+            match msg {
+                Ok(Message::Close(Some(cf))) => return Some(u16::from(cf.code)),
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+        None
+    })
+    .await
 }
 
 #[test]
