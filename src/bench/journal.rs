@@ -73,20 +73,18 @@ pub fn run(args: JournalArgs) -> anyhow::Result<()> {
                     tmp.join("journal")
                 }
             };
-            let cfg = JournalConfig {
+            let mut cfg = JournalConfig {
                 path: path.clone(),
                 flush_ms: Positive(flush_ms.max(1)),
                 max_bytes: ByteSize(
                     fieldgate::units::parse_bytes(&max_bytes).context("--max-bytes")?,
                 ),
-                cache_bytes: match cache_bytes {
-                    Some(c) => {
-                        ByteSize(fieldgate::units::parse_bytes(&c).context("--cache-bytes")?)
-                    }
-                    None => JournalConfig::default().cache_bytes,
-                },
                 ..JournalConfig::default()
             };
+            if let Some(c) = cache_bytes {
+                cfg.cache_bytes =
+                    ByteSize(fieldgate::units::parse_bytes(&c).context("--cache-bytes")?);
+            }
             let journal = Journal::open(cfg)?;
             if report {
                 return report_loop(&journal, frames, payload_bytes, batch.max(1));
