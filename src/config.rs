@@ -187,6 +187,19 @@ impl Config {
                 ),
             ));
         }
+        if let Err(e) = self
+            .log
+            .level
+            .parse::<tracing_subscriber::filter::Targets>()
+        {
+            return Err(ConfigError::invalid(
+                "log.level",
+                format!(
+                    "expected a level or target=level list such as \"info,sled=warn\", got {:?}: {e}",
+                    self.log.level
+                ),
+            ));
+        }
         if let Some(m) = &self.mongo {
             m.validate("mongo")?;
         }

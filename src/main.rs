@@ -125,13 +125,26 @@ enum JournalCmd {
 }
 
 fn init_logging(level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    // `Targets` (`info`, `fieldgate=debug,sled=warn`) rather than `EnvFilter`: the same
+    // directives installers use, without the regex engine EnvFilter's span-field filters
+    // pull in (~190 KB of code, most of it resident once mapped).
+    let env = std::env::var("RUST_LOG").ok();
+    let filter = [env.as_deref(), Some(level)]
+        .into_iter()
+        .flatten()
+        .filter(|s| !s.trim().is_empty())
+        .find_map(|s| s.parse::<Targets>().ok())
+        .unwrap_or_else(|| Targets::new().with_default(LevelFilter::INFO));
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::stderr().is_terminal()),
+        )
+        .with(filter)
         .init();
 }
 

@@ -53,6 +53,8 @@ fn check_config_accepts_good_and_names_the_bad_key() {
         (format!("{BASE}\n[[sources.obd]]\nname = \"obd\"\npath = \"/dev/x\"\npids = [\"0C\", \"G1\"]\n"),
          "sources.obd[0].pids[1]: expected a two-digit hex PID"),
         (BASE.replace("[gateway]", "[gatway]"), "unknown field `gatway`"),
+        (format!("{BASE}\n[log]\nlevel = \"fieldgate=loud\"\n"),
+         "log.level: expected a level or target=level list"),
     ];
     let mut messages = HashSet::new();
     for (text, want) in &bad {

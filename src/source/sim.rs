@@ -90,7 +90,7 @@ const EARTH_M: f64 = 6_371_000.0;
 /// Metres between two points (equirectangular; fine at city scale).
 fn distance_m(a: (f64, f64), b: (f64, f64)) -> f64 {
     let lat = ((a.0 + b.0) / 2.0).to_radians();
-    let dx = (b.1 - a.1).to_radians() * lat.cos();
+    let dx = (b.1 - a.1).to_radians() * libm::cos(lat);
     let dy = (b.0 - a.0).to_radians();
     (dx * dx + dy * dy).sqrt() * EARTH_M
 }
@@ -98,9 +98,9 @@ fn distance_m(a: (f64, f64), b: (f64, f64)) -> f64 {
 /// Course over ground in degrees from a to b.
 fn bearing_deg(a: (f64, f64), b: (f64, f64)) -> f64 {
     let lat = ((a.0 + b.0) / 2.0).to_radians();
-    let dx = (b.1 - a.1) * lat.cos();
+    let dx = (b.1 - a.1) * libm::cos(lat);
     let dy = b.0 - a.0;
-    (dx.atan2(dy).to_degrees() + 360.0) % 360.0
+    (libm::atan2(dx, dy).to_degrees() + 360.0) % 360.0
 }
 
 /// The simulated vehicle's state.
