@@ -11,8 +11,8 @@ use crate::journal::{Journal, JournalError};
 use crate::source::{SourceCtx, SourceSlot};
 use rumqttc::mqttbytes::Error as PacketError;
 use rumqttc::{
-    AsyncClient, ConnectionError, Event, MqttOptions, Packet, Publish, QoS, Request, StateError,
-    Subscribe, SubscribeFilter, SubscribeReasonCode, Transport,
+    AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Outgoing, Packet, PubAck, Publish,
+    QoS, Request, StateError, Subscribe, SubscribeFilter, SubscribeReasonCode, Transport,
 };
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -249,6 +249,9 @@ impl Source {
                     }
                     slot.set_state("running", None);
                 }
+                Ok(Event::Outgoing(Outgoing::PubAck(pkid))) => {
+                    write_acks_after(&mut eventloop, &generation, pkid).await;
+                }
                 Ok(Event::Incoming(Packet::SubAck(s))) => {
                     if s.return_codes.contains(&SubscribeReasonCode::Failure) {
                         tracing::error!(codes = ?s.return_codes, "MQTT broker refused a subscription");
@@ -263,7 +266,7 @@ impl Source {
                         tracing::warn!(error = %je, "journal closed; MQTT source stopping");
                         break;
                     }
-                    current_gen = generation.bump(|| eventloop.clean());
+                    current_gen = generation.bump(|| reset(&mut eventloop));
                     self.on_disconnect(&e, &slot, &mut outage);
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
@@ -281,7 +284,7 @@ impl Source {
                         // Not journaled, not acked: drop the connection so the broker
                         // redelivers once we reconnect.
                         tracing::error!(error = %e, "journal append failed; reconnecting to get the messages again");
-                        current_gen = generation.bump(|| eventloop.clean());
+                        current_gen = generation.bump(|| reset(&mut eventloop));
                         slot.set_state("waiting", Some(format!("journal append failed: {e}")));
                         outage.get_or_insert_with(Instant::now);
                         tokio::select! {
@@ -306,7 +309,13 @@ impl Source {
                     totals = t.ok();
                     ack_done = true;
                 }
-                ev = eventloop.poll() => if ev.is_err() { break },
+                ev = eventloop.poll() => match ev {
+                    Ok(Event::Outgoing(Outgoing::PubAck(pkid))) => {
+                        write_acks_after(&mut eventloop, &generation, pkid).await;
+                    }
+                    Ok(_) => {}
+                    Err(_) => break,
+                },
                 _ = &mut deadline => break,
             }
         }
@@ -315,7 +324,7 @@ impl Source {
             let _ = tokio::time::timeout(Duration::from_secs(2), async {
                 loop {
                     match eventloop.poll().await {
-                        Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => break,
+                        Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => break,
                         Ok(_) => {}
                     }
                 }
@@ -410,6 +419,40 @@ impl Source {
         );
         log.last = Some(Instant::now());
         log.suppressed = 0;
+    }
+}
+
+/// Drop the connection's state: rumqttc's own (it drops queued PUBACK requests) and any
+/// PUBACK-sent event still buffered, which must not release acks of the next connection.
+fn reset(eventloop: &mut EventLoop) {
+    eventloop.clean();
+    eventloop
+        .state
+        .events
+        .retain(|e| !matches!(e, Event::Outgoing(Outgoing::PubAck(_))));
+}
+
+/// rumqttc has sent the PUBACK for `pkid`: write the acks cleared behind it straight to the
+/// connection, with one flush (see `ack.rs`). A failed write means the connection is
+/// going down; the next `poll` reports it and the broker redelivers what was not acked.
+async fn write_acks_after(eventloop: &mut EventLoop, generation: &Generation, pkid: u16) {
+    let Some(rest) = generation.acks_after(pkid) else {
+        return;
+    };
+    let timeout = Duration::from_secs(eventloop.network_options().connection_timeout());
+    let Some(net) = eventloop.network.as_mut() else {
+        return;
+    };
+    for &p in &rest {
+        if let Err(e) = net.write(Packet::PubAck(PubAck::new(p))).await {
+            tracing::debug!(error = %e, "PUBACK write failed");
+            return;
+        }
+    }
+    match tokio::time::timeout(timeout, net.flush()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!(error = %e, "PUBACK flush failed"),
+        Err(_) => tracing::debug!("PUBACK flush timed out"),
     }
 }
 
