@@ -323,7 +323,11 @@ impl Source {
         if ack_done && client.try_disconnect().is_ok() {
             let _ = tokio::time::timeout(Duration::from_secs(2), async {
                 loop {
+                    // The last acks' heads are ahead of the DISCONNECT in rumqttc's queue.
                     match eventloop.poll().await {
+                        Ok(Event::Outgoing(Outgoing::PubAck(pkid))) => {
+                            write_acks_after(&mut eventloop, &generation, pkid).await;
+                        }
                         Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => break,
                         Ok(_) => {}
                     }
