@@ -216,13 +216,21 @@ impl Journal {
             inner.meta.insert("lease_end", &seq_key(st.lease_end))?;
             inner.db.flush()?;
         }
+        let queued = st.pending.len();
         for (i, mut frame) in frames.into_iter().enumerate() {
             frame.seq = first + i as u64;
             let record = Arc::new(frame.encode());
-            let frame = Arc::new(frame);
+            st.pending.push_back(Pending {
+                frame: Arc::new(frame),
+                record,
+            });
+        }
+        // Published only once the whole burst is encoded: the first send wakes the live
+        // readers, and a reader that runs while later frames are still being encoded
+        // would take the burst in pieces (a wake-up and a socket write per piece).
+        for p in st.pending.range(queued..) {
             // No receivers is fine: nobody is watching live right now.
-            let _ = inner.live.send(Arc::clone(&frame));
-            st.pending.push_back(Pending { frame, record });
+            let _ = inner.live.send(Arc::clone(&p.frame));
         }
         st.next_seq = last + 1;
         let overflow = st.pending.len().saturating_sub(PENDING_MAX);

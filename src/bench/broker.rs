@@ -202,6 +202,11 @@ impl RawPublisher {
         Ok(())
     }
 
+    /// Write out what [`RawPublisher::publish`] buffered.
+    pub fn flush(&mut self) -> anyhow::Result<()> {
+        Ok(self.out.flush()?)
+    }
+
     /// Wait (up to `limit`) until every published message is acknowledged.
     pub fn wait_acked(&mut self, limit: Duration) -> anyhow::Result<()> {
         self.out.flush()?;

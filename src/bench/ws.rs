@@ -7,10 +7,9 @@
 //! the measuring side stays light. mosquitto's WebSocket listener binds every interface:
 //! run this inside a loopback-only network namespace (`scripts/bench-ws` does).
 
-use super::broker::{connect_packet, free_port, packet, put_str, Mosquitto};
+use super::broker::{connect_packet, free_port, packet, put_str, Mosquitto, RawPublisher};
 use clap::Args;
 use futures_util::{SinkExt, StreamExt};
-use rumqttc::{AsyncClient, MqttOptions, QoS};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -53,12 +52,13 @@ fn unix_ns() -> u64 {
 /// The send timestamp inside a payload: the digits after `"t_ns":`.
 fn stamp(text: &[u8]) -> Option<u64> {
     let key = b"\"t_ns\":";
-    let at = text.windows(key.len()).position(|w| w == key)? + key.len();
+    let at = memchr::memmem::find(text, key)? + key.len();
     let digits = text[at..].iter().take_while(|c| c.is_ascii_digit());
     Some(digits.fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
 }
 
-/// Latency samples (µs) and counts shared by all receivers of one relay.
+/// Latency samples (µs) and count of one receiver (one each, so receivers on different
+/// threads never contend for it).
 #[derive(Default)]
 struct Tally {
     lat_us: Mutex<Vec<u32>>,
@@ -122,37 +122,37 @@ impl Drop for Killed {
 }
 
 /// Publish `rate`/s for `secs` seconds, each stamped; returns how many were published.
-async fn publish(port: u16, rate: u64, secs: u64) -> anyhow::Result<u64> {
-    let mut opts = MqttOptions::new(format!("bench-pub-{}", unix_ns()), "127.0.0.1", port);
-    opts.set_keep_alive(Duration::from_secs(30));
-    opts.set_inflight(200);
-    let (client, mut el) = AsyncClient::new(opts, 1000);
-    let mut net = rumqttc::NetworkOptions::new();
-    net.set_tcp_nodelay(true);
-    el.set_network_options(net);
-    let driver = tokio::spawn(async move { while el.poll().await.is_ok() {} });
+///
+/// A blocking thread with its own raw MQTT connection: every millisecond it writes the
+/// messages due by then in one write (so the measuring side costs one syscall per tick,
+/// not per message), stamping each as it is encoded.
+fn publish(port: u16, rate: u64, secs: u64) -> anyhow::Result<u64> {
+    let mut publisher = RawPublisher::connect(port, &format!("bench-pub-{}", unix_ns()), 60_000)?;
     let total = rate * secs;
     let t0 = Instant::now();
     let pad = "x".repeat(120);
-    for n in 0..total {
-        let due = t0 + Duration::from_nanos(n * 1_000_000_000 / rate);
-        tokio::time::sleep_until(due.into()).await;
-        let body = format!(
-            "{{\"t_ns\":{},\"n\":{n},\"speed_kmh\":42.5,\"pad\":\"{pad}\"}}",
-            unix_ns()
-        );
-        client
-            .publish(
-                format!("bench/dev{}/json", n % 4),
-                QoS::AtLeastOnce,
-                false,
-                body,
-            )
-            .await?;
+    let (mut n, mut tick) = (0u64, 0u32);
+    while n < total {
+        let elapsed = t0.elapsed().as_nanos();
+        let due = (elapsed * u128::from(rate) / 1_000_000_000 + 1).min(u128::from(total)) as u64;
+        while n < due {
+            let body = format!(
+                "{{\"t_ns\":{},\"n\":{n},\"speed_kmh\":42.5,\"pad\":\"{pad}\"}}",
+                unix_ns()
+            );
+            publisher.publish(&format!("bench/dev{}/json", n % 4), body.as_bytes())?;
+            n += 1;
+        }
+        publisher.flush()?;
+        tick += 1;
+        if let Some(rest) =
+            (t0 + Duration::from_millis(u64::from(tick))).checked_duration_since(Instant::now())
+        {
+            std::thread::sleep(rest);
+        }
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let _ = client.disconnect().await;
-    driver.abort();
+    publisher.wait_acked(Duration::from_secs(10))?;
+    std::thread::sleep(Duration::from_secs(2));
     Ok(total)
 }
 
@@ -219,7 +219,7 @@ async fn fieldgate_subscriber(port: u16, key: String, tally: Arc<Tally>) -> anyh
     let (mut ws, _) = connect(req).await?;
     while let Some(msg) = ws.next().await {
         if let Message::Text(t) = msg? {
-            if t.as_bytes().starts_with(b"{\"data\"") || t.contains("\"type\":\"frame\"") {
+            if t.as_bytes().starts_with(b"{\"type\":\"frame\"") {
                 tally.record(t.as_bytes());
             }
         }
@@ -241,20 +241,25 @@ struct Outcome {
 impl Outcome {
     /// `peer`: the relay's CPU seconds over `wall` seconds, and its RSS.
     fn from(
-        tally: &Tally,
+        tallies: &[Arc<Tally>],
         published: u64,
         clients: usize,
         secs: u64,
         peer: (f64, u64),
         wall: f64,
     ) -> Self {
-        let mut lat = tally.lat_us.lock().map(|v| v.clone()).unwrap_or_default();
+        let mut lat = Vec::new();
+        for t in tallies {
+            if let Ok(v) = t.lat_us.lock() {
+                lat.extend_from_slice(&v);
+            }
+        }
         lat.sort_unstable();
         let pct = |p: f64| -> f64 {
             lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
                 .map_or(f64::NAN, |v| f64::from(*v) / 1000.0)
         };
-        let got = tally.received.load(Relaxed);
+        let got: u64 = tallies.iter().map(|t| t.received.load(Relaxed)).sum();
         Outcome {
             p50_ms: pct(0.50),
             p99_ms: pct(0.99),
@@ -296,9 +301,11 @@ impl Relay {
         clients: usize,
         secs: u64,
     ) -> anyhow::Result<Outcome> {
-        let tally = Arc::new(Tally::default());
-        let recv: Vec<_> = (0..clients)
-            .map(|i| match self {
+        let tallies: Vec<Arc<Tally>> = (0..clients).map(|_| Arc::default()).collect();
+        let recv: Vec<_> = tallies
+            .iter()
+            .enumerate()
+            .map(|(i, tally)| match self {
                 Relay::Fieldgate { port, key, .. } => {
                     tokio::spawn(fieldgate_subscriber(*port, key.clone(), tally.clone()))
                 }
@@ -312,11 +319,11 @@ impl Relay {
             Relay::Fieldgate { pid, .. } | Relay::Mosquitto { pid, .. } => *pid,
         };
         let (cpu0, t0) = (proc_usage(pid), Instant::now());
-        let published = publish(mqtt_port, rate, secs).await;
+        let published = tokio::task::spawn_blocking(move || publish(mqtt_port, rate, secs)).await?;
         let cpu1 = proc_usage(pid);
         recv.iter().for_each(|h| h.abort());
         Ok(Outcome::from(
-            &tally,
+            &tallies,
             published?,
             clients,
             secs,

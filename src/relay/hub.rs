@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
@@ -17,6 +18,8 @@ use tokio_util::sync::CancellationToken;
 pub const CLIENT_QUEUE: usize = 2_048;
 /// How many recent frames seed the live status at start.
 const SEED_FRAMES: usize = 5_000;
+/// Most frames the hub prepares before it publishes them.
+const BURST_MAX: usize = 256;
 
 /// A frame ready to send: its routing fields and its TMD text.
 pub struct LiveFrame {
@@ -176,29 +179,54 @@ impl Hub {
         }
         let h = Arc::clone(&hub);
         tokio::spawn(async move {
+            let mut burst = Vec::with_capacity(BURST_MAX);
             loop {
                 let got = tokio::select! {
                     _ = shutdown.cancelled() => return,
                     got = rx.recv() => got,
                 };
-                match got {
-                    Ok(f) => h.publish(&f),
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        h.hub_lagged.fetch_add(n, Relaxed);
-                        tracing::warn!(missed = n, "live hub fell behind the journal");
+                let mut got = got.map_err(|e| match e {
+                    RecvError::Lagged(n) => TryRecvError::Lagged(n),
+                    RecvError::Closed => TryRecvError::Closed,
+                });
+                loop {
+                    match got {
+                        Ok(f) => burst.push(h.prepare(&f)),
+                        Err(TryRecvError::Lagged(n)) => {
+                            h.hub_lagged.fetch_add(n, Relaxed);
+                            tracing::warn!(missed = n, "live hub fell behind the journal");
+                        }
+                        Err(TryRecvError::Closed) => {
+                            h.publish(&mut burst);
+                            return;
+                        }
+                        Err(TryRecvError::Empty) => break,
                     }
-                    Err(broadcast::error::RecvError::Closed) => return,
+                    if burst.len() == BURST_MAX {
+                        break;
+                    }
+                    got = rx.try_recv();
                 }
+                h.publish(&mut burst);
             }
         });
         hub
     }
 
-    fn publish(&self, f: &Frame) {
+    /// Serialize a frame and note it in the live status.
+    fn prepare(&self, f: &Frame) -> Arc<LiveFrame> {
         self.observe(f);
-        self.published.fetch_add(1, Relaxed);
-        // No subscribers is fine.
-        let _ = self.frames.send(Arc::new(LiveFrame::new(f)));
+        Arc::new(LiveFrame::new(f))
+    }
+
+    /// Send a prepared burst to the sessions in one tight loop, so that a session woken by
+    /// its first frame finds the rest already there (one socket write per burst).
+    fn publish(&self, burst: &mut Vec<Arc<LiveFrame>>) {
+        self.published.fetch_add(burst.len() as u64, Relaxed);
+        for f in burst.drain(..) {
+            // No subscribers is fine.
+            let _ = self.frames.send(f);
+        }
     }
 
     /// Update live device/vehicle status from a frame.

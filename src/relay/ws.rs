@@ -180,16 +180,6 @@ async fn send(sink: &mut Sink, text: Utf8Bytes) -> Result<(), End> {
     written(tokio::time::timeout(WRITE_TIMEOUT, sink.send(Message::Text(text))).await)
 }
 
-/// Queue one message without flushing (see [`flush`]).
-async fn feed(sink: &mut Sink, text: Utf8Bytes) -> Result<(), End> {
-    written(tokio::time::timeout(WRITE_TIMEOUT, sink.feed(Message::Text(text))).await)
-}
-
-/// Flush what [`feed`] queued.
-async fn flush(sink: &mut Sink) -> Result<(), End> {
-    written(tokio::time::timeout(WRITE_TIMEOUT, sink.flush()).await)
-}
-
 fn written<E>(r: Result<Result<(), E>, tokio::time::error::Elapsed>) -> Result<(), End> {
     match r {
         Ok(Ok(())) => Ok(()),
@@ -261,7 +251,8 @@ impl Session {
     }
 
     /// Write a live frame and every frame already waiting behind it (up to [`FEED_MAX`])
-    /// with one flush: one syscall per burst instead of one per frame.
+    /// with one flush: one syscall per burst instead of one per frame. The write timeout
+    /// covers the whole burst (one timer per burst, not per frame).
     async fn on_live(
         &mut self,
         first: Result<Arc<LiveFrame>, RecvError>,
@@ -271,36 +262,49 @@ impl Session {
         use tokio::sync::broadcast::error::TryRecvError;
         let mut item = first;
         let mut fed = 0u64;
-        for _ in 0..FEED_MAX {
-            match item {
-                Ok(f) => {
-                    if f.seq > self.last_sent
-                        && self
-                            .filters
-                            .matches(&f.device, f.vehicle.as_deref(), &f.kind)
-                    {
-                        feed(sink, f.text.clone()).await?;
-                        self.last_sent = f.seq;
-                        fed += 1;
+        let mut lagged = None;
+        let mut closed = false;
+        let burst = async {
+            for _ in 0..FEED_MAX {
+                match item {
+                    Ok(f) => {
+                        if f.seq > self.last_sent
+                            && self
+                                .filters
+                                .matches(&f.device, f.vehicle.as_deref(), &f.kind)
+                        {
+                            sink.feed(Message::Text(f.text.clone())).await?;
+                            self.last_sent = f.seq;
+                            fed += 1;
+                        }
+                    }
+                    Err(RecvError::Lagged(n)) => {
+                        lagged = Some(n);
+                        break;
+                    }
+                    Err(RecvError::Closed) => {
+                        closed = true;
+                        break;
                     }
                 }
-                Err(RecvError::Lagged(n)) => {
-                    self.on_lagged(n, sink).await?;
-                    break;
-                }
-                Err(RecvError::Closed) => return Err(End::Shutdown),
+                item = match live.try_recv() {
+                    Ok(f) => Ok(f),
+                    Err(TryRecvError::Lagged(n)) => Err(RecvError::Lagged(n)),
+                    Err(_) => break,
+                };
             }
-            item = match live.try_recv() {
-                Ok(f) => Ok(f),
-                Err(TryRecvError::Lagged(n)) => Err(RecvError::Lagged(n)),
-                Err(_) => break,
-            };
+            if fed > 0 {
+                sink.flush().await?;
+            }
+            Ok::<(), axum::Error>(())
+        };
+        written(tokio::time::timeout(WRITE_TIMEOUT, burst).await)?;
+        self.counters.sent.fetch_add(fed, Relaxed);
+        match lagged {
+            Some(n) => self.on_lagged(n, sink).await,
+            None if closed => Err(End::Shutdown),
+            None => Ok(()),
         }
-        if fed > 0 {
-            flush(sink).await?;
-            self.counters.sent.fetch_add(fed, Relaxed);
-        }
-        Ok(())
     }
 
     /// The live channel dropped `n` frames for this client: resume from the journal if it
