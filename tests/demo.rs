@@ -16,14 +16,11 @@ fn demo_journals_frames_and_shuts_down_cleanly() {
     });
     // The OBD frames come from the emulated adapter, which starts after the GPS: wait for
     // the first one to be journaled (on a busy box six frames can all be GPS).
-    let t0 = std::time::Instant::now();
-    while gw.get("/api/frames?kind=obd&limit=1").1["count"] != 1 {
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "no OBD frame in 10 s"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    gw.get_until(
+        "/api/frames?kind=obd&limit=1",
+        Duration::from_secs(10),
+        |b| b["count"] == 1,
+    );
     assert_eq!(st["journal"]["first_seq"], 1);
     assert!(st["journal"]["bytes"].as_u64().unwrap_or(0) > 0);
     assert_eq!(st["journal"]["evicted"], 0);

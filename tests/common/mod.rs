@@ -145,15 +145,26 @@ impl Gateway {
         limit: Duration,
         pred: impl Fn(&serde_json::Value) -> bool,
     ) -> serde_json::Value {
+        self.get_until("/api/status", limit, pred)
+    }
+
+    /// Poll GET `path` until it answers 200 with a body for which `pred` holds (or panic
+    /// after `limit`).
+    pub fn get_until(
+        &self,
+        path: &str,
+        limit: Duration,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
         let t0 = Instant::now();
         loop {
-            let (code, body) = self.get("/api/status");
+            let (code, body) = self.get(path);
             if code == 200 && pred(&body) {
                 return body;
             }
             if t0.elapsed() > limit {
                 panic!(
-                    "status never matched; last {code} {body}\nlog:\n{}",
+                    "{path} never matched; last {code} {body}\nlog:\n{}",
                     self.log()
                 );
             }
