@@ -180,9 +180,9 @@ async fn send(sink: &mut Sink, text: Utf8Bytes) -> Result<(), End> {
     written(tokio::time::timeout(WRITE_TIMEOUT, sink.send(Message::Text(text))).await)
 }
 
-fn written<E>(r: Result<Result<(), E>, tokio::time::error::Elapsed>) -> Result<(), End> {
+fn written<T, E>(r: Result<Result<T, E>, tokio::time::error::Elapsed>) -> Result<T, End> {
     match r {
-        Ok(Ok(())) => Ok(()),
+        Ok(Ok(v)) => Ok(v),
         Ok(Err(_)) => Err(End::Closed),
         Err(_) => Err(End::Close(1008, "client not reading")),
     }
@@ -262,9 +262,9 @@ impl Session {
         use tokio::sync::broadcast::error::TryRecvError;
         let mut item = first;
         let mut fed = 0u64;
-        let mut lagged = None;
-        let mut closed = false;
+        // Ends with what stopped the burst early: the channel lagged or closed.
         let burst = async {
+            let mut ended = None;
             for _ in 0..FEED_MAX {
                 match item {
                     Ok(f) => {
@@ -278,12 +278,8 @@ impl Session {
                             fed += 1;
                         }
                     }
-                    Err(RecvError::Lagged(n)) => {
-                        lagged = Some(n);
-                        break;
-                    }
-                    Err(RecvError::Closed) => {
-                        closed = true;
+                    Err(e) => {
+                        ended = Some(e);
                         break;
                     }
                 }
@@ -296,13 +292,13 @@ impl Session {
             if fed > 0 {
                 sink.flush().await?;
             }
-            Ok::<(), axum::Error>(())
+            Ok::<_, axum::Error>(ended)
         };
-        written(tokio::time::timeout(WRITE_TIMEOUT, burst).await)?;
+        let ended = written(tokio::time::timeout(WRITE_TIMEOUT, burst).await)?;
         self.counters.sent.fetch_add(fed, Relaxed);
-        match lagged {
-            Some(n) => self.on_lagged(n, sink).await,
-            None if closed => Err(End::Shutdown),
+        match ended {
+            Some(RecvError::Lagged(n)) => self.on_lagged(n, sink).await,
+            Some(RecvError::Closed) => Err(End::Shutdown),
             None => Ok(()),
         }
     }
