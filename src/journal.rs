@@ -24,7 +24,7 @@ use std::collections::{BTreeSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, watch};
 
 /// How many seqs are reserved durably ahead of use; a crash skips at most this many.
@@ -86,6 +86,15 @@ pub struct Journal {
     flusher: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
 
+/// A frame as live subscribers get it: with the moment it was appended.
+#[derive(Debug, Clone)]
+pub struct Appended {
+    /// The frame, seq assigned.
+    pub frame: Arc<Frame>,
+    /// When `append` took it (the start of the relay's own latency).
+    pub at: Instant,
+}
+
 /// A frame appended but not yet written to sled by the flusher.
 struct Pending {
     frame: Arc<Frame>,
@@ -109,7 +118,7 @@ struct Inner {
     write: Mutex<WriteState>,
     counters: Counters,
     durable: watch::Sender<u64>,
-    live: broadcast::Sender<Arc<Frame>>,
+    live: broadcast::Sender<Appended>,
     wake: (Mutex<bool>, Condvar),
     sinks: Mutex<BTreeSet<String>>,
     quarantine: Option<Quarantine>,
@@ -205,6 +214,7 @@ impl Journal {
         if st.closed {
             return Err(JournalError::Closed);
         }
+        let at = Instant::now();
         let first = st.next_seq;
         if frames.is_empty() {
             return Ok(first..=first - 1);
@@ -230,7 +240,10 @@ impl Journal {
         // would take the burst in pieces (a wake-up and a socket write per piece).
         for p in st.pending.range(queued..) {
             // No receivers is fine: nobody is watching live right now.
-            let _ = inner.live.send(Arc::clone(&p.frame));
+            let _ = inner.live.send(Appended {
+                frame: Arc::clone(&p.frame),
+                at,
+            });
         }
         st.next_seq = last + 1;
         let overflow = st.pending.len().saturating_sub(PENDING_MAX);
@@ -291,7 +304,7 @@ impl Journal {
     }
 
     /// A receiver of every frame appended from now on, in seq order.
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Frame>> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Appended> {
         self.inner.live.subscribe()
     }
 

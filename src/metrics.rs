@@ -5,6 +5,7 @@
 //! metrics registry would be a second copy of the same state.
 
 use crate::api::AppState;
+use crate::relay::latency::BOUNDS_US;
 use std::fmt::Write;
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -208,6 +209,23 @@ pub fn render(st: &AppState) -> String {
         "Frames dropped for connected slow clients.",
         clients.iter().map(|c| c.dropped).sum::<u64>(),
     );
+    let lat = st.hub.relay_latency.snapshot();
+    let name = "fieldgate_relay_latency_seconds";
+    o.head(
+        name,
+        "histogram",
+        "Journal append to a WebSocket client's socket, per delivered frame.",
+    );
+    let mut total = 0;
+    for (i, n) in lat.buckets.iter().enumerate() {
+        total += n;
+        let le = BOUNDS_US
+            .get(i)
+            .map_or_else(|| "+Inf".to_string(), |us| (*us as f64 / 1e6).to_string());
+        o.val(&format!("{name}_bucket"), &[("le", &le)], total);
+    }
+    o.val(&format!("{name}_sum"), &[], lat.sum_us as f64 / 1e6);
+    o.val(&format!("{name}_count"), &[], total);
     o.one(
         "fieldgate_live_published_total",
         "counter",

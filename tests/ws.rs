@@ -65,10 +65,50 @@ fn upgrade_auth_subprotocol_and_live_frames() {
             .unwrap_or("")
             .starts_with("127.0.0.1:"));
         assert!(c["connected_at_ms"].as_i64().unwrap_or(0) > 0);
+        // The relay's own latency: one observation per delivered frame, a histogram whose
+        // buckets are cumulative and whose +Inf bucket is its count.
+        let mut count = 0.0;
+        for _ in 0..50 {
+            let (_, text) = metrics_text(&gw, &k.read).await;
+            let series = |name: &str| -> Vec<f64> {
+                text.lines()
+                    .filter_map(|l| l.strip_prefix(name))
+                    .filter_map(|v| v.rsplit(' ').next()?.parse().ok())
+                    .collect()
+            };
+            let buckets = series("fieldgate_relay_latency_seconds_bucket{le=");
+            assert_eq!(buckets.len(), 15, "14 bounds and +Inf:\n{text}");
+            assert!(
+                buckets.windows(2).all(|w| w[0] <= w[1]),
+                "cumulative: {buckets:?}"
+            );
+            count = series("fieldgate_relay_latency_seconds_count ")
+                .first()
+                .copied()
+                .unwrap_or(f64::NAN);
+            assert_eq!(buckets.last(), Some(&count));
+            assert!(text.contains("# TYPE fieldgate_relay_latency_seconds histogram"));
+            if count >= 1.0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(count >= 1.0, "the delivered frame was observed");
         // api_key query parameter (browsers) works too.
         let url = format!("/ws?api_key={}", k.read);
         assert!(ws_connect(gw.port, &url, None, None).await.is_ok());
     });
+}
+
+/// `GET /metrics`: status and text.
+async fn metrics_text(gw: &common::Gateway, key: &str) -> (u16, String) {
+    let r = reqwest::Client::new()
+        .get(gw.url("/metrics"))
+        .header("x-api-key", key)
+        .send()
+        .await
+        .expect("metrics");
+    (r.status().as_u16(), r.text().await.expect("text"))
 }
 
 #[test]

@@ -51,7 +51,7 @@ async fn append_range_get_and_durable() {
         vec![90, 91, 92, 93, 94]
     );
     let first_live = live.recv().await.expect("live frame");
-    assert_eq!(first_live.seq, 1);
+    assert_eq!(first_live.frame.seq, 1);
     let s = j.stats();
     assert_eq!((s.first_seq, s.last_seq, s.frames), (1, 100, 100));
     j.close().expect("close");

@@ -1,8 +1,9 @@
 //! The hub: one task that follows the journal live, serializes each frame once, publishes
 //! it to every client session, and keeps the live status of devices and vehicles.
 
+use super::latency::LatencyHistogram;
 use crate::frame::Frame;
-use crate::journal::Journal;
+use crate::journal::{Appended, Journal};
 use crate::sync::lock;
 use axum::extract::ws::Utf8Bytes;
 use serde::Serialize;
@@ -10,6 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -33,17 +35,20 @@ pub struct LiveFrame {
     pub kind: String,
     /// `{"type":"frame","message":"","data":<Frame>}`.
     pub text: Utf8Bytes,
+    /// When the journal appended it; `None` for a frame replayed from storage.
+    pub appended: Option<Instant>,
 }
 
 impl LiveFrame {
     /// Serialize a frame once for all clients.
-    pub fn new(f: &Frame) -> Self {
+    pub fn new(f: &Frame, appended: Option<Instant>) -> Self {
         LiveFrame {
             seq: f.seq,
             device: f.device.clone(),
             vehicle: f.vehicle.clone(),
             kind: f.kind.clone(),
             text: Utf8Bytes::from(super::tmd("frame", "", f)),
+            appended,
         }
     }
 }
@@ -117,6 +122,8 @@ pub struct Hub {
     pub published: AtomicU64,
     /// Frames the hub itself missed (it fell behind the journal).
     pub hub_lagged: AtomicU64,
+    /// Journal append → client socket, per delivery.
+    pub relay_latency: LatencyHistogram,
 }
 
 /// Where commands for a device go: sources that can write to a device register here.
@@ -171,6 +178,7 @@ impl Hub {
             commands,
             published: AtomicU64::new(0),
             hub_lagged: AtomicU64::new(0),
+            relay_latency: LatencyHistogram::default(),
         });
         let mut rx = journal.subscribe();
         let from = journal.last_seq().saturating_sub(SEED_FRAMES as u64) + 1;
@@ -214,9 +222,9 @@ impl Hub {
     }
 
     /// Serialize a frame and note it in the live status.
-    fn prepare(&self, f: &Frame) -> Arc<LiveFrame> {
-        self.observe(f);
-        Arc::new(LiveFrame::new(f))
+    fn prepare(&self, a: &Appended) -> Arc<LiveFrame> {
+        self.observe(&a.frame);
+        Arc::new(LiveFrame::new(&a.frame, Some(a.at)))
     }
 
     /// Send a prepared burst to the sessions in one tight loop, so that a session woken by

@@ -5,8 +5,10 @@
 //! own position in that ring. A slow client only ever loses its own oldest frames (and is
 //! told so with `lagged`), never slows ingest or other clients. Backfill (`from_seq`) reads
 //! the journal, then switches to the ring with no gap and no duplicate.
+//! [`latency`] times each delivery from journal append to the client's socket.
 
 pub mod hub;
+pub mod latency;
 pub mod ws;
 
 use serde::Serialize;

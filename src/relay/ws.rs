@@ -114,6 +114,8 @@ struct Session {
     complete: bool,
     last_sent: u64,
     lag_events: Vec<Instant>,
+    /// Append times of the burst being written (for the relay latency histogram).
+    appended: Vec<Instant>,
 }
 
 /// Run a session until the client leaves or the gateway stops.
@@ -135,6 +137,7 @@ pub async fn run(socket: WebSocket, ctx: SessionCtx, key: KeyInfo, info: ClientI
         complete: false,
         last_sent: 0,
         lag_events: Vec::new(),
+        appended: Vec::new(),
     };
     let end = s.serve(socket, &name).await;
     s.ctx.hub.remove_client(id);
@@ -275,6 +278,7 @@ impl Session {
                         {
                             sink.feed(Message::Text(f.text.clone())).await?;
                             self.last_sent = f.seq;
+                            self.appended.extend(f.appended);
                             fed += 1;
                         }
                     }
@@ -296,6 +300,8 @@ impl Session {
         };
         let ended = written(tokio::time::timeout(WRITE_TIMEOUT, burst).await)?;
         self.counters.sent.fetch_add(fed, Relaxed);
+        let hist = &self.ctx.hub.relay_latency;
+        hist.observe(Instant::now(), self.appended.drain(..));
         match ended {
             Some(RecvError::Lagged(n)) => self.on_lagged(n, sink).await,
             Some(RecvError::Closed) => Err(End::Shutdown),
@@ -347,7 +353,7 @@ impl Session {
             self.filters
                 .matches(&f.device, f.vehicle.as_deref(), &f.kind)
         }) {
-            send(sink, LiveFrame::new(f).text).await?;
+            send(sink, LiveFrame::new(f, None).text).await?;
             sent += 1;
         }
         self.last_sent = last;
