@@ -121,6 +121,42 @@ pub fn connect_packet(client_id: &str, keep_alive_s: u16) -> Vec<u8> {
     packet(0x10, &body)
 }
 
+/// Take every whole MQTT packet off the front of `buf`, handing `each` its fixed-header
+/// byte and body; a partial packet stays for the next read.
+pub fn take_packets(buf: &mut Vec<u8>, mut each: impl FnMut(u8, &[u8])) {
+    let mut at = 0;
+    loop {
+        // Fixed header, then the remaining-length varint (at most 4 bytes).
+        let (mut len, mut shift, mut i, mut done) = (0usize, 0u32, at + 1, false);
+        while let Some(&byte) = buf.get(i).filter(|_| shift < 28) {
+            len |= usize::from(byte & 0x7f) << shift;
+            shift += 7;
+            i += 1;
+            if byte & 0x80 == 0 {
+                done = true;
+                break;
+            }
+        }
+        let Some(body) = buf.get(i..i + len).filter(|_| done) else {
+            break;
+        };
+        each(buf[at], body);
+        at = i + len;
+    }
+    buf.drain(..at);
+}
+
+/// A PUBLISH body's packet id (QoS > 0) and payload; `None` if it is malformed.
+pub fn publish_parts(head: u8, body: &[u8]) -> Option<(Option<u16>, &[u8])> {
+    let tlen = usize::from(u16::from_be_bytes([*body.first()?, *body.get(1)?]));
+    let rest = body.get(2 + tlen..)?;
+    if head & 0x06 == 0 {
+        return Some((None, rest));
+    }
+    let id = u16::from_be_bytes([*rest.first()?, *rest.get(1)?]);
+    Some((Some(id), rest.get(2..)?))
+}
+
 /// A blocking MQTT 3.1.1 publisher (clean session, no keep-alive) for loading a broker.
 ///
 /// rumqttc's publisher wraps packet ids at its in-flight limit and stalls on a collision
@@ -233,5 +269,31 @@ impl Drop for RawPublisher {
         if let Some(r) = self.reader.take() {
             let _ = r.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn takes_whole_packets_and_keeps_the_rest() {
+        let mut body = Vec::new();
+        put_str(&mut body, b"a/b");
+        body.extend_from_slice(&7u16.to_be_bytes());
+        body.extend_from_slice(&[b'x'; 200]); // a two-byte remaining length
+        let qos1 = packet(0x32, &body);
+        let mut buf = [qos1.clone(), vec![0x40, 2, 0, 7], qos1[..5].to_vec()].concat();
+        let mut seen = Vec::new();
+        take_packets(&mut buf, |head, body| {
+            seen.push((head, publish_parts(head, body).map(|(id, p)| (id, p.len()))))
+        });
+        assert_eq!(seen, vec![(0x32, Some((Some(7), 200))), (0x40, None)]);
+        assert_eq!(buf, qos1[..5], "the partial packet waits for more bytes");
+        let qos0 = packet(0x30, &[0, 1, b't', b'p']);
+        take_packets(&mut qos0.clone(), |head, body| {
+            assert_eq!(publish_parts(head, body), Some((None, &b"p"[..])));
+        });
+        assert_eq!(publish_parts(0x32, &[0, 9, b'x']), None, "truncated");
     }
 }

@@ -4,6 +4,7 @@ mod broker;
 mod journal;
 mod mongo;
 mod mqtt;
+mod scrape;
 mod serial;
 mod ws;
 

@@ -4,10 +4,17 @@
 //! receivers twice, in sequence: by fieldgate (MQTT source → journal → hub → WS) and by
 //! mosquitto's own WebSocket listener (MQTT-over-WebSocket subscribers). Publisher and
 //! receivers are compiled Rust in this process; receivers only scan for the timestamp, so
-//! the measuring side stays light. mosquitto's WebSocket listener binds every interface:
-//! run this inside a loopback-only network namespace (`scripts/bench-ws` does).
+//! the measuring side stays light. Two more figures place the time: fieldgate's own part
+//! (its relay latency histogram, read from `/metrics` around the load) and, between the two
+//! relays, the broker hop alone (one bare QoS1 subscriber on mosquitto, no relay).
+//! mosquitto's WebSocket listener binds every interface: run this inside a loopback-only
+//! network namespace (`scripts/bench-ws` does).
 
-use super::broker::{connect_packet, free_port, packet, put_str, Mosquitto, RawPublisher};
+use super::broker::{
+    connect_packet, free_port, packet, publish_parts, put_str, take_packets, Mosquitto,
+    RawPublisher,
+};
+use super::scrape;
 use clap::Args;
 use futures_util::{SinkExt, StreamExt};
 use std::path::{Path, PathBuf};
@@ -15,6 +22,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -187,29 +195,46 @@ async fn mqtt_ws_subscriber(port: u16, id: usize, tally: Arc<Tally>) -> anyhow::
     while let Some(msg) = ws.next().await {
         let Message::Binary(b) = msg? else { continue };
         buf.extend_from_slice(&b);
-        loop {
-            // fixed header + varint remaining length
-            let (mut len, mut mul, mut i) = (0usize, 1usize, 1usize);
-            while let Some(&byte) = buf.get(i) {
-                len += usize::from(byte & 0x7f) * mul;
-                mul *= 128;
-                i += 1;
-                if byte & 0x80 == 0 {
-                    break;
-                }
+        take_packets(&mut buf, |head, body| {
+            if let Some((_, payload)) = publish_parts(head, body).filter(|_| head >> 4 == 3) {
+                tally.record(payload);
             }
-            if buf.len() < i + len || buf.len() < 2 {
-                break;
-            }
-            if buf[0] >> 4 == 3 {
-                let body = &buf[i..i + len];
-                let tlen = usize::from(u16::from_be_bytes([body[0], body[1]]));
-                tally.record(&body[2 + tlen..]);
-            }
-            buf.drain(..i + len);
-        }
+        });
     }
     Ok(())
+}
+
+/// A QoS1 MQTT subscriber straight on the broker (plain TCP, acks each read's publishes in
+/// one write), fed to `tally`: the broker hop with no relay after it.
+async fn mqtt_tcp_subscriber(port: u16, tally: Arc<Tally>) -> anyhow::Result<()> {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    s.set_nodelay(true)?;
+    let mut sub = vec![0, 1];
+    put_str(&mut sub, b"bench/#");
+    sub.push(1);
+    s.write_all(&[connect_packet("bench-hop", 60), packet(0x82, &sub)].concat())
+        .await?;
+    let (mut buf, mut chunk, mut acks) = (Vec::new(), vec![0u8; 64 << 10], Vec::new());
+    loop {
+        let n = s.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        take_packets(&mut buf, |head, body| {
+            if let Some((id, payload)) = publish_parts(head, body).filter(|_| head >> 4 == 3) {
+                tally.record(payload);
+                if let Some(id) = id {
+                    acks.extend_from_slice(&[0x40, 2]);
+                    acks.extend_from_slice(&id.to_be_bytes());
+                }
+            }
+        });
+        if !acks.is_empty() {
+            s.write_all(&acks).await?;
+            acks.clear();
+        }
+    }
 }
 
 /// A fieldgate WebSocket receiver fed to `tally`.
@@ -236,6 +261,8 @@ struct Outcome {
     drops: u64,
     cpu_pct: f64,
     rss_kb: u64,
+    /// fieldgate only: p50 and p99 (ms) of its own part, journal append → socket.
+    own_ms: Option<(f64, f64)>,
 }
 
 impl Outcome {
@@ -268,6 +295,7 @@ impl Outcome {
             drops: (published * clients as u64).saturating_sub(got),
             cpu_pct: peer.0 * 100.0 / wall,
             rss_kb: peer.1,
+            own_ms: None,
         }
     }
 
@@ -276,13 +304,29 @@ impl Outcome {
             "{name:<10} p50 {:>7.2} ms  p99 {:>7.2} ms  max {:>8.2} ms  delivered {:>8.0}/s  drops {:>6}  relay CPU {:>5.1}%  RSS {:>6} kB",
             self.p50_ms, self.p99_ms, self.max_ms, self.delivered_per_s, self.drops, self.cpu_pct, self.rss_kb
         );
+        if let Some((p50, p99)) = self.own_ms {
+            println!("{:<10} p50 {p50:>7.2} ms  p99 {p99:>7.2} ms  (fieldgate's own part: journal append → socket, from its /metrics)", "");
+        }
     }
 }
 
 /// The relay being measured and how to subscribe to it.
 enum Relay {
-    Fieldgate { port: u16, key: String, pid: u32 },
-    Mosquitto { ws_port: u16, pid: u32 },
+    Fieldgate {
+        port: u16,
+        key: String,
+        pid: u32,
+    },
+    Mosquitto {
+        ws_port: u16,
+        pid: u32,
+    },
+    /// No relay: one QoS1 subscriber straight on the broker, i.e. the hop every MQTT-fed
+    /// relay pays before its own work (publisher → mosquitto → subscriber).
+    BrokerHop {
+        mqtt_port: u16,
+        pid: u32,
+    },
 }
 
 impl Relay {
@@ -290,6 +334,7 @@ impl Relay {
         match self {
             Relay::Fieldgate { .. } => "fieldgate",
             Relay::Mosquitto { .. } => "mosquitto",
+            Relay::BrokerHop { .. } => "broker hop",
         }
     }
 
@@ -301,6 +346,11 @@ impl Relay {
         clients: usize,
         secs: u64,
     ) -> anyhow::Result<Outcome> {
+        let clients = if matches!(self, Relay::BrokerHop { .. }) {
+            1
+        } else {
+            clients
+        };
         let tallies: Vec<Arc<Tally>> = (0..clients).map(|_| Arc::default()).collect();
         let recv: Vec<_> = tallies
             .iter()
@@ -312,24 +362,46 @@ impl Relay {
                 Relay::Mosquitto { ws_port, .. } => {
                     tokio::spawn(mqtt_ws_subscriber(*ws_port, i, tally.clone()))
                 }
+                Relay::BrokerHop { mqtt_port, .. } => {
+                    tokio::spawn(mqtt_tcp_subscriber(*mqtt_port, tally.clone()))
+                }
             })
             .collect();
         tokio::time::sleep(Duration::from_secs(1)).await;
         let pid = match self {
-            Relay::Fieldgate { pid, .. } | Relay::Mosquitto { pid, .. } => *pid,
+            Relay::Fieldgate { pid, .. }
+            | Relay::Mosquitto { pid, .. }
+            | Relay::BrokerHop { pid, .. } => *pid,
+        };
+        let own = match self {
+            Relay::Fieldgate { port, key, .. } => Some((*port, key.as_str())),
+            _ => None,
+        };
+        let hist0 = match own {
+            Some((port, key)) => scrape::relay_histogram(port, key).await?,
+            None => Vec::new(),
         };
         let (cpu0, t0) = (proc_usage(pid), Instant::now());
         let published = tokio::task::spawn_blocking(move || publish(mqtt_port, rate, secs)).await?;
         let cpu1 = proc_usage(pid);
+        let wall = t0.elapsed().as_secs_f64();
         recv.iter().for_each(|h| h.abort());
-        Ok(Outcome::from(
+        let mut o = Outcome::from(
             &tallies,
             published?,
             clients,
             secs,
             (cpu1.0 - cpu0.0, cpu1.1),
-            t0.elapsed().as_secs_f64(),
-        ))
+            wall,
+        );
+        if let Some((port, key)) = own {
+            let hist1 = scrape::relay_histogram(port, key).await?;
+            o.own_ms = Some((
+                scrape::quantile_ms(&hist0, &hist1, 0.50),
+                scrape::quantile_ms(&hist0, &hist1, 0.99),
+            ));
+        }
+        Ok(o)
     }
 }
 
@@ -356,6 +428,9 @@ async fn saturate(
     Ok(best)
 }
 
+/// fieldgate's MQTT client id in the bench.
+const FIELDGATE_CLIENT_ID: &str = "fieldgate-bench";
+
 fn start_fieldgate(dir: &Path, mqtt_port: u16, port: u16) -> anyhow::Result<(Killed, String)> {
     let exe = std::env::current_exe()?;
     let cfg = dir.join("fieldgate.toml");
@@ -363,7 +438,7 @@ fn start_fieldgate(dir: &Path, mqtt_port: u16, port: u16) -> anyhow::Result<(Kil
         &cfg,
         format!(
             "[gateway]\nid = \"bench\"\n[journal]\npath = \"{}\"\n[listen]\naddress = \"127.0.0.1:{port}\"\n\
-             [[sources.mqtt]]\nname = \"broker\"\nurl = \"mqtt://127.0.0.1:{mqtt_port}\"\nclient_id = \"fieldgate-bench\"\n\
+             [[sources.mqtt]]\nname = \"broker\"\nurl = \"mqtt://127.0.0.1:{mqtt_port}\"\nclient_id = \"{FIELDGATE_CLIENT_ID}\"\n\
              subscriptions = [{{ topic = \"bench/{{device}}/{{kind}}\", qos = 1 }}]\n",
             dir.join("journal").display()
         ),
@@ -418,16 +493,22 @@ pub fn run(a: WsArgs) -> anyhow::Result<()> {
         let (fg, key) = start_fieldgate(&dir, mqtt_port, fg_port)?;
         wait_port(fg_port).await?;
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let relays = [
-            Relay::Fieldgate { port: fg_port, key, pid: fg.0.id() },
-            Relay::Mosquitto { ws_port, pid: mosq.pid() },
-        ];
+        let mut relays = vec![Relay::Fieldgate { port: fg_port, key, pid: fg.0.id() }];
+        if a.saturate.is_none() {
+            relays.push(Relay::BrokerHop { mqtt_port, pid: mosq.pid() });
+        }
+        relays.push(Relay::Mosquitto { ws_port, pid: mosq.pid() });
         let mut sustained = Vec::new();
         let mut fg = Some(fg);
         for relay in &relays {
-            if matches!(relay, Relay::Mosquitto { .. }) {
-                // fieldgate subscribes to the broker: stop it so it does not share the CPU.
-                drop(fg.take());
+            if !matches!(relay, Relay::Fieldgate { .. }) {
+                if let Some(stopped) = fg.take() {
+                    // fieldgate subscribes to the broker: stop it so it does not share the
+                    // CPU, and end its persistent session (a clean-session connect with its
+                    // client id), or mosquitto would go on queueing every message for it.
+                    drop(stopped);
+                    drop(RawPublisher::connect(mqtt_port, FIELDGATE_CLIENT_ID, 1)?);
+                }
             }
             match a.saturate {
                 None => relay
