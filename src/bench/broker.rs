@@ -146,8 +146,11 @@ pub fn take_packets(buf: &mut Vec<u8>, mut each: impl FnMut(u8, &[u8])) {
     buf.drain(..at);
 }
 
-/// A PUBLISH body's packet id (QoS > 0) and payload; `None` if it is malformed.
+/// A PUBLISH's packet id (QoS > 0) and payload; `None` for other packets or a malformed one.
 pub fn publish_parts(head: u8, body: &[u8]) -> Option<(Option<u16>, &[u8])> {
+    if head >> 4 != 3 {
+        return None;
+    }
     let tlen = usize::from(u16::from_be_bytes([*body.first()?, *body.get(1)?]));
     let rest = body.get(2 + tlen..)?;
     if head & 0x06 == 0 {

@@ -196,7 +196,7 @@ async fn mqtt_ws_subscriber(port: u16, id: usize, tally: Arc<Tally>) -> anyhow::
         let Message::Binary(b) = msg? else { continue };
         buf.extend_from_slice(&b);
         take_packets(&mut buf, |head, body| {
-            if let Some((_, payload)) = publish_parts(head, body).filter(|_| head >> 4 == 3) {
+            if let Some((_, payload)) = publish_parts(head, body) {
                 tally.record(payload);
             }
         });
@@ -222,7 +222,7 @@ async fn mqtt_tcp_subscriber(port: u16, tally: Arc<Tally>) -> anyhow::Result<()>
         }
         buf.extend_from_slice(&chunk[..n]);
         take_packets(&mut buf, |head, body| {
-            if let Some((id, payload)) = publish_parts(head, body).filter(|_| head >> 4 == 3) {
+            if let Some((id, payload)) = publish_parts(head, body) {
                 tally.record(payload);
                 if let Some(id) = id {
                     acks.extend_from_slice(&[0x40, 2]);
@@ -373,13 +373,12 @@ impl Relay {
             | Relay::Mosquitto { pid, .. }
             | Relay::BrokerHop { pid, .. } => *pid,
         };
+        // fieldgate's own latency histogram before the load (compared with after it).
         let own = match self {
-            Relay::Fieldgate { port, key, .. } => Some((*port, key.as_str())),
+            Relay::Fieldgate { port, key, .. } => {
+                Some((*port, key, scrape::relay_histogram(*port, key).await?))
+            }
             _ => None,
-        };
-        let hist0 = match own {
-            Some((port, key)) => scrape::relay_histogram(port, key).await?,
-            None => Vec::new(),
         };
         let (cpu0, t0) = (proc_usage(pid), Instant::now());
         let published = tokio::task::spawn_blocking(move || publish(mqtt_port, rate, secs)).await?;
@@ -394,11 +393,11 @@ impl Relay {
             (cpu1.0 - cpu0.0, cpu1.1),
             wall,
         );
-        if let Some((port, key)) = own {
-            let hist1 = scrape::relay_histogram(port, key).await?;
+        if let Some((port, key, before)) = own {
+            let after = scrape::relay_histogram(port, key).await?;
             o.own_ms = Some((
-                scrape::quantile_ms(&hist0, &hist1, 0.50),
-                scrape::quantile_ms(&hist0, &hist1, 0.99),
+                scrape::quantile_ms(&before, &after, 0.50),
+                scrape::quantile_ms(&before, &after, 0.99),
             ));
         }
         Ok(o)
