@@ -171,6 +171,7 @@ pub struct RawPublisher {
     acked: Arc<AtomicU64>,
     sent: u64,
     window: u64,
+    qos1: bool,
     reader: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -214,13 +215,20 @@ impl RawPublisher {
             acked,
             sent: 0,
             window: u64::from(window.clamp(1, 65_000)),
+            qos1: true,
             reader: Some(reader),
         })
     }
 
-    /// Publish one QoS1 message, waiting while the window is full.
+    /// Publish at QoS 0 (`qos` 0: no packet id, no PUBACK, no window) or QoS 1 (any other).
+    pub fn with_qos(mut self, qos: u8) -> RawPublisher {
+        self.qos1 = qos != 0;
+        self
+    }
+
+    /// Publish one message; at QoS1, wait while the window is full.
     pub fn publish(&mut self, topic: &str, payload: &[u8]) -> anyhow::Result<()> {
-        if self.sent - self.acked.load(Relaxed) >= self.window {
+        if self.qos1 && self.sent - self.acked.load(Relaxed) >= self.window {
             self.out.flush()?;
             while self.sent - self.acked.load(Relaxed) >= self.window {
                 if self.reader.as_ref().is_some_and(|r| r.is_finished()) {
@@ -229,16 +237,19 @@ impl RawPublisher {
                 std::thread::sleep(Duration::from_micros(100));
             }
         }
-        let pkid = (self.sent % 65_535 + 1) as u16;
+        let id_len = if self.qos1 { 2 } else { 0 };
         let mut pkt = Vec::with_capacity(payload.len() + topic.len() + 8);
-        pkt.push(0x32);
-        put_len(&mut pkt, 2 + topic.len() + 2 + payload.len());
+        pkt.push(if self.qos1 { 0x32 } else { 0x30 });
+        put_len(&mut pkt, 2 + topic.len() + id_len + payload.len());
         put_str(&mut pkt, topic.as_bytes());
-        pkt.extend_from_slice(&pkid.to_be_bytes());
+        if self.qos1 {
+            let pkid = (self.sent % 65_535 + 1) as u16;
+            pkt.extend_from_slice(&pkid.to_be_bytes());
+            // `sent` counts QoS1 messages only: the ones a PUBACK answers.
+            self.sent += 1;
+        }
         pkt.extend_from_slice(payload);
-        self.out.write_all(&pkt)?;
-        self.sent += 1;
-        Ok(())
+        Ok(self.out.write_all(&pkt)?)
     }
 
     /// Write out what [`RawPublisher::publish`] buffered.
@@ -246,7 +257,7 @@ impl RawPublisher {
         Ok(self.out.flush()?)
     }
 
-    /// Wait (up to `limit`) until every published message is acknowledged.
+    /// Flush, and wait (up to `limit`) until every QoS1 message published is acknowledged.
     pub fn wait_acked(&mut self, limit: Duration) -> anyhow::Result<()> {
         self.out.flush()?;
         let t0 = Instant::now();
@@ -298,5 +309,49 @@ mod tests {
             assert_eq!(publish_parts(head, body), Some((None, &b"p"[..])));
         });
         assert_eq!(publish_parts(0x32, &[0, 9, b'x']), None, "truncated");
+    }
+
+    /// The publisher's bytes as a broker reads them: QoS1 with ids 1, 2, then QoS0 without.
+    #[test]
+    fn publishes_at_either_qos() -> anyhow::Result<()> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let port = listener.local_addr()?.port();
+        let broker = std::thread::spawn(move || -> std::io::Result<Vec<u8>> {
+            let (mut s, _) = listener.accept()?;
+            s.write_all(&[0x20, 2, 0, 0])?; // CONNACK accepted
+            let mut seen = Vec::new();
+            s.read_to_end(&mut seen)?;
+            Ok(seen)
+        });
+        let mut p = RawPublisher::connect(port, "t", 10)?;
+        p.publish("a/b", b"one")?;
+        p.publish("a/b", b"two")?;
+        let mut p = p.with_qos(0);
+        p.publish("a/b", b"three")?;
+        p.wait_acked(Duration::from_secs(1))
+            .err()
+            .context("two QoS1 messages unacked")?;
+        drop(p);
+        let mut bytes = broker
+            .join()
+            .map_err(|_| anyhow::anyhow!("broker thread"))??;
+        let mut got = Vec::new();
+        take_packets(&mut bytes, |head, body| {
+            got.push((
+                head,
+                publish_parts(head, body).map(|(id, p)| (id, p.to_vec())),
+            ))
+        });
+        assert_eq!(got[0].0, 0x10, "CONNECT first");
+        assert_eq!(
+            got[1..],
+            [
+                (0x32, Some((Some(1), b"one".to_vec()))),
+                (0x32, Some((Some(2), b"two".to_vec()))),
+                (0x30, Some((None, b"three".to_vec()))),
+                (0xE0, None),
+            ]
+        );
+        Ok(())
     }
 }

@@ -1,7 +1,7 @@
 //! `fieldgate bench ws`: publish → WebSocket receive latency, fieldgate vs mosquitto.
 //!
-//! One MQTT stream (QoS1 publishes stamped with their send time) is relayed to N WebSocket
-//! receivers twice, in sequence: by fieldgate (MQTT source → journal → hub → WS) and by
+//! One MQTT stream (publishes stamped with their send time; QoS1, or QoS0 with `--qos 0`)
+//! is relayed to N WebSocket receivers twice, in sequence: by fieldgate (MQTT source → journal → hub → WS) and by
 //! mosquitto's own WebSocket listener (MQTT-over-WebSocket subscribers). Publisher and
 //! receivers are compiled Rust in this process; receivers only scan for the timestamp, so
 //! the measuring side stays light. Two more figures place the time: fieldgate's own part
@@ -45,6 +45,10 @@ pub struct WsArgs {
     /// With `--saturate`: a step whose p99 exceeds this (ms) counts as falling behind.
     #[arg(long, default_value_t = 50.0)]
     max_p99_ms: f64,
+    /// QoS of the publisher's messages (0 or 1); fieldgate subscribes at QoS1, mosquitto's
+    /// WebSocket subscribers at QoS0.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
+    qos: u8,
     /// The mosquitto binary.
     #[arg(long, default_value = "/usr/sbin/mosquitto")]
     mosquitto: PathBuf,
@@ -134,8 +138,9 @@ impl Drop for Killed {
 /// A blocking thread with its own raw MQTT connection: every millisecond it writes the
 /// messages due by then in one write (so the measuring side costs one syscall per tick,
 /// not per message), stamping each as it is encoded.
-fn publish(port: u16, rate: u64, secs: u64) -> anyhow::Result<u64> {
-    let mut publisher = RawPublisher::connect(port, &format!("bench-pub-{}", unix_ns()), 60_000)?;
+fn publish(port: u16, rate: u64, secs: u64, qos: u8) -> anyhow::Result<u64> {
+    let mut publisher =
+        RawPublisher::connect(port, &format!("bench-pub-{}", unix_ns()), 60_000)?.with_qos(qos);
     let total = rate * secs;
     let t0 = Instant::now();
     let pad = "x".repeat(120);
@@ -338,13 +343,14 @@ impl Relay {
         }
     }
 
-    /// Connect `clients` receivers, publish `rate`/s for `secs` s, and measure.
+    /// Connect `clients` receivers, publish `rate`/s at `qos` for `secs` s, and measure.
     async fn measure(
         &self,
         mqtt_port: u16,
         rate: u64,
         clients: usize,
         secs: u64,
+        qos: u8,
     ) -> anyhow::Result<Outcome> {
         let clients = if matches!(self, Relay::BrokerHop { .. }) {
             1
@@ -381,7 +387,8 @@ impl Relay {
             _ => None,
         };
         let (cpu0, t0) = (proc_usage(pid), Instant::now());
-        let published = tokio::task::spawn_blocking(move || publish(mqtt_port, rate, secs)).await?;
+        let published =
+            tokio::task::spawn_blocking(move || publish(mqtt_port, rate, secs, qos)).await?;
         let cpu1 = proc_usage(pid);
         let wall = t0.elapsed().as_secs_f64();
         recv.iter().for_each(|h| h.abort());
@@ -412,12 +419,13 @@ async fn saturate(
     step: u64,
     clients: usize,
     secs: u64,
+    qos: u8,
     max_p99_ms: f64,
 ) -> anyhow::Result<f64> {
     let mut best = 0.0;
     for k in 1..=40 {
         let rate = step * k;
-        let o = relay.measure(mqtt_port, rate, clients, secs).await?;
+        let o = relay.measure(mqtt_port, rate, clients, secs, qos).await?;
         o.print(&format!("{}@{rate}", relay.name()));
         if o.drops > 0 || o.p99_ms > max_p99_ms {
             break;
@@ -480,12 +488,12 @@ pub fn run(a: WsArgs) -> anyhow::Result<()> {
         )?;
         match a.saturate {
             None => println!(
-                "bench ws: {} msg/s for {} s to {} WebSocket clients per relay (QoS1 publish, ~200 B JSON)",
-                a.rate, a.seconds, a.clients
+                "bench ws: {} msg/s for {} s to {} WebSocket clients per relay (QoS{} publish, ~200 B JSON)",
+                a.rate, a.seconds, a.clients, a.qos
             ),
             Some(step) => println!(
-                "bench ws --saturate: rate raised by {step} msg/s per {} s step, {} WebSocket clients per relay, until drops or p99 > {} ms",
-                a.seconds, a.clients, a.max_p99_ms
+                "bench ws --saturate: rate raised by {step} msg/s per {} s step, {} WebSocket clients per relay (QoS{} publish), until drops or p99 > {} ms",
+                a.seconds, a.clients, a.qos, a.max_p99_ms
             ),
         }
 
@@ -511,12 +519,21 @@ pub fn run(a: WsArgs) -> anyhow::Result<()> {
             }
             match a.saturate {
                 None => relay
-                    .measure(mqtt_port, a.rate, a.clients, a.seconds)
+                    .measure(mqtt_port, a.rate, a.clients, a.seconds, a.qos)
                     .await?
                     .print(relay.name()),
                 Some(step) => sustained.push((
                     relay.name(),
-                    saturate(relay, mqtt_port, step, a.clients, a.seconds, a.max_p99_ms).await?,
+                    saturate(
+                        relay,
+                        mqtt_port,
+                        step,
+                        a.clients,
+                        a.seconds,
+                        a.qos,
+                        a.max_p99_ms,
+                    )
+                    .await?,
                 )),
             }
         }
