@@ -328,7 +328,7 @@ mod tests {
         p.publish("a/b", b"two")?;
         let mut p = p.with_qos(0);
         p.publish("a/b", b"three")?;
-        p.wait_acked(Duration::from_secs(1))
+        p.wait_acked(Duration::from_millis(100))
             .err()
             .context("two QoS1 messages unacked")?;
         drop(p);

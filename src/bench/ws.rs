@@ -1,12 +1,13 @@
 //! `fieldgate bench ws`: publish → WebSocket receive latency, fieldgate vs mosquitto.
 //!
 //! One MQTT stream (publishes stamped with their send time; QoS1, or QoS0 with `--qos 0`)
-//! is relayed to N WebSocket receivers twice, in sequence: by fieldgate (MQTT source → journal → hub → WS) and by
-//! mosquitto's own WebSocket listener (MQTT-over-WebSocket subscribers). Publisher and
-//! receivers are compiled Rust in this process; receivers only scan for the timestamp, so
-//! the measuring side stays light. Two more figures place the time: fieldgate's own part
-//! (its relay latency histogram, read from `/metrics` around the load) and, between the two
-//! relays, the broker hop alone (one bare QoS1 subscriber on mosquitto, no relay).
+//! is relayed to N WebSocket receivers twice, in sequence: by fieldgate (MQTT source →
+//! journal → hub → WS) and by mosquitto's own WebSocket listener (MQTT-over-WebSocket
+//! subscribers). Publisher and receivers are compiled Rust in this process; receivers only
+//! scan for the timestamp, so the measuring side stays light. Two more figures place the
+//! time: fieldgate's own part (its relay latency histogram, read from `/metrics` around
+//! the load) and, between the two relays, the broker hop alone (one bare QoS1 subscriber
+//! on mosquitto, no relay).
 //! mosquitto's WebSocket listener binds every interface: run this inside a loopback-only
 //! network namespace (`scripts/bench-ws` does).
 
@@ -133,12 +134,25 @@ impl Drop for Killed {
     }
 }
 
-/// Publish `rate`/s for `secs` seconds, each stamped; returns how many were published.
+/// One load: `rate` msg/s at `qos` for `secs` seconds, to `clients` receivers per relay.
+#[derive(Clone, Copy)]
+struct Load {
+    rate: u64,
+    clients: usize,
+    secs: u64,
+    qos: u8,
+}
+
+/// Publish the load's `rate`/s for `secs` seconds, each stamped; returns how many were
+/// published.
 ///
 /// A blocking thread with its own raw MQTT connection: every millisecond it writes the
 /// messages due by then in one write (so the measuring side costs one syscall per tick,
 /// not per message), stamping each as it is encoded.
-fn publish(port: u16, rate: u64, secs: u64, qos: u8) -> anyhow::Result<u64> {
+fn publish(port: u16, load: Load) -> anyhow::Result<u64> {
+    let Load {
+        rate, secs, qos, ..
+    } = load;
     let mut publisher =
         RawPublisher::connect(port, &format!("bench-pub-{}", unix_ns()), 60_000)?.with_qos(qos);
     let total = rate * secs;
@@ -343,19 +357,12 @@ impl Relay {
         }
     }
 
-    /// Connect `clients` receivers, publish `rate`/s at `qos` for `secs` s, and measure.
-    async fn measure(
-        &self,
-        mqtt_port: u16,
-        rate: u64,
-        clients: usize,
-        secs: u64,
-        qos: u8,
-    ) -> anyhow::Result<Outcome> {
+    /// Connect the load's receivers, publish it, and measure.
+    async fn measure(&self, mqtt_port: u16, load: Load) -> anyhow::Result<Outcome> {
         let clients = if matches!(self, Relay::BrokerHop { .. }) {
             1
         } else {
-            clients
+            load.clients
         };
         let tallies: Vec<Arc<Tally>> = (0..clients).map(|_| Arc::default()).collect();
         let recv: Vec<_> = tallies
@@ -387,8 +394,7 @@ impl Relay {
             _ => None,
         };
         let (cpu0, t0) = (proc_usage(pid), Instant::now());
-        let published =
-            tokio::task::spawn_blocking(move || publish(mqtt_port, rate, secs, qos)).await?;
+        let published = tokio::task::spawn_blocking(move || publish(mqtt_port, load)).await?;
         let cpu1 = proc_usage(pid);
         let wall = t0.elapsed().as_secs_f64();
         recv.iter().for_each(|h| h.abort());
@@ -396,7 +402,7 @@ impl Relay {
             &tallies,
             published?,
             clients,
-            secs,
+            load.secs,
             (cpu1.0 - cpu0.0, cpu1.1),
             wall,
         );
@@ -411,21 +417,19 @@ impl Relay {
     }
 }
 
-/// Raise the rate in steps of `step` until the relay drops or its p99 passes `max_p99_ms`;
-/// returns the highest delivered rate it kept up with.
+/// Raise the load's rate in steps of `step` until the relay drops or its p99 passes
+/// `max_p99_ms`; returns the highest delivered rate it kept up with.
 async fn saturate(
     relay: &Relay,
     mqtt_port: u16,
     step: u64,
-    clients: usize,
-    secs: u64,
-    qos: u8,
+    load: Load,
     max_p99_ms: f64,
 ) -> anyhow::Result<f64> {
     let mut best = 0.0;
     for k in 1..=40 {
         let rate = step * k;
-        let o = relay.measure(mqtt_port, rate, clients, secs, qos).await?;
+        let o = relay.measure(mqtt_port, Load { rate, ..load }).await?;
         o.print(&format!("{}@{rate}", relay.name()));
         if o.drops > 0 || o.p99_ms > max_p99_ms {
             break;
@@ -486,6 +490,12 @@ pub fn run(a: WsArgs) -> anyhow::Result<()> {
             ),
             &[mqtt_port, ws_port],
         )?;
+        let load = Load {
+            rate: a.rate,
+            clients: a.clients,
+            secs: a.seconds,
+            qos: a.qos,
+        };
         match a.saturate {
             None => println!(
                 "bench ws: {} msg/s for {} s to {} WebSocket clients per relay (QoS{} publish, ~200 B JSON)",
@@ -519,21 +529,12 @@ pub fn run(a: WsArgs) -> anyhow::Result<()> {
             }
             match a.saturate {
                 None => relay
-                    .measure(mqtt_port, a.rate, a.clients, a.seconds, a.qos)
+                    .measure(mqtt_port, load)
                     .await?
                     .print(relay.name()),
                 Some(step) => sustained.push((
                     relay.name(),
-                    saturate(
-                        relay,
-                        mqtt_port,
-                        step,
-                        a.clients,
-                        a.seconds,
-                        a.qos,
-                        a.max_p99_ms,
-                    )
-                    .await?,
+                    saturate(relay, mqtt_port, step, load, a.max_p99_ms).await?,
                 )),
             }
         }
