@@ -4,10 +4,15 @@
 use super::{peer, ApiError, AppState, Auth};
 use crate::auth::Scope;
 use crate::relay::hub::ClientInfo;
-use crate::relay::ws::{self, SessionCtx, READ_LIMIT};
+use crate::relay::ws::{self, SessionCtx};
 use axum::extract::{FromRequestParts, Request, State, WebSocketUpgrade};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::conn::auto::upgrade::downcast;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 /// The dashboard page (static; it authenticates its WebSocket with `?api_key=`).
 const DASHBOARD: &str = include_str!("dashboard.html");
@@ -42,16 +47,30 @@ async fn upgrade(st: AppState, req: Request) -> Response {
     if let Err(e) = auth.require(Scope::Read) {
         return e.into_response();
     }
-    let mut up = match WebSocketUpgrade::from_request_parts(&mut parts, &st).await {
-        Ok(u) => u,
-        Err(e) => {
-            return ApiError::new(StatusCode::BAD_REQUEST, "bad_upgrade", e.body_text())
-                .into_response()
-        }
+    // The relay writes to the client's TCP stream itself (the hub fans frames out straight
+    // into every socket), so the session takes the raw connection from hyper, not axum's
+    // WebSocket. axum's extractor still validates the handshake; keep hyper's upgrade handle
+    // (a shared clone) before it takes it.
+    let on_upgrade = parts.extensions.get::<OnUpgrade>().cloned();
+    if let Err(e) = WebSocketUpgrade::from_request_parts(&mut parts, &st).await {
+        return ApiError::new(StatusCode::BAD_REQUEST, "bad_upgrade", e.body_text())
+            .into_response();
+    }
+    let accept = parts
+        .headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .map(|k| derive_accept_key(k.as_bytes()))
+        .and_then(|a| HeaderValue::from_str(&a).ok());
+    let (Some(on_upgrade), Some(accept)) = (on_upgrade, accept) else {
+        return ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_upgrade",
+            "only HTTP/1.1 WebSocket upgrades are supported",
+        )
+        .into_response();
     };
     // The seed client names itself with its first subprotocol; `ws` rejects the handshake
-    // unless the server echoes one it offered. Read the header in order (axum's accessor
-    // does not keep the client's order).
+    // unless the server echoes one it offered. Read the header in order.
     let first = parts
         .headers
         .get_all(header::SEC_WEBSOCKET_PROTOCOL)
@@ -66,9 +85,6 @@ async fn upgrade(st: AppState, req: Request) -> Response {
         .and_then(|p| p.to_str().ok())
         .unwrap_or("anonymous")
         .to_string();
-    if let Some(p) = first {
-        up.set_selected_protocol(p);
-    }
     let info = ClientInfo {
         id: 0,
         name,
@@ -85,16 +101,25 @@ async fn upgrade(st: AppState, req: Request) -> Response {
         hub: st.hub.clone(),
         shutdown: st.shutdown.clone(),
     };
-    // A burst of live frames is fed, then flushed once: a 16 KiB write buffer (not
-    // tungstenite's 128 KiB) still makes it one write, without each of a hundred clients
-    // keeping a 100 KiB buffer resident. tungstenite zero-fills `read_buffer_size` bytes
-    // on every read attempt, so its 128 KiB default cost a 128 KiB memset per client per
-    // live frame (a third of the relay's CPU) and kept 128 KiB resident per client.
-    // Messages over MAX_MESSAGE are read whole (up to READ_LIMIT) and refused by the session
-    // with 1009, so the close is clean instead of a reset over unread bytes.
-    up.max_message_size(READ_LIMIT)
-        .max_frame_size(READ_LIMIT)
-        .read_buffer_size(4 << 10)
-        .write_buffer_size(16 << 10)
-        .on_upgrade(move |socket| ws::run(socket, ctx, auth.0, info))
+    tokio::spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::debug!(error = %e, "websocket upgrade failed");
+                return;
+            }
+        };
+        match downcast::<TokioIo<TcpStream>>(upgraded) {
+            Ok(p) => ws::run(p.io.into_inner(), p.read_buf, ctx, auth.0, info).await,
+            Err(_) => tracing::error!("websocket upgrade is not over a TCP stream"),
+        }
+    });
+    let mut headers = HeaderMap::new();
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    if let Some(p) = first {
+        headers.insert(header::SEC_WEBSOCKET_PROTOCOL, p);
+    }
+    (StatusCode::SWITCHING_PROTOCOLS, headers).into_response()
 }

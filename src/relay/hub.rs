@@ -1,11 +1,12 @@
-//! The hub: one task that follows the journal live, serializes each frame once, publishes
-//! it to every client session, and keeps the live status of devices and vehicles.
+//! The hub: one task that follows the journal live, encodes each frame once, writes it to
+//! every client socket that wants it, and keeps the live status of devices and vehicles.
 
+use super::conn::{text_frame, Conn};
 use super::latency::LatencyHistogram;
 use crate::frame::Frame;
 use crate::journal::{Appended, Journal};
 use crate::sync::lock;
-use axum::extract::ws::Utf8Bytes;
+use bytes::Bytes;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -13,17 +14,15 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-/// Frames each client may fall behind before it loses the oldest (the per-client bound).
-pub const CLIENT_QUEUE: usize = 2_048;
 /// How many recent frames seed the live status at start.
 const SEED_FRAMES: usize = 5_000;
 /// Most frames the hub prepares before it publishes them.
 const BURST_MAX: usize = 256;
 
-/// A frame ready to send: its routing fields and its TMD text.
+/// A frame ready to send: its routing fields and its TMD text as a WebSocket frame.
 pub struct LiveFrame {
     /// Journal seq.
     pub seq: u64,
@@ -33,21 +32,21 @@ pub struct LiveFrame {
     pub vehicle: Option<String>,
     /// Kind.
     pub kind: String,
-    /// `{"type":"frame","message":"","data":<Frame>}`.
-    pub text: Utf8Bytes,
+    /// `{"type":"frame","message":"","data":<Frame>}` in a server text frame.
+    pub wire: Bytes,
     /// When the journal appended it; `None` for a frame replayed from storage.
     pub appended: Option<Instant>,
 }
 
 impl LiveFrame {
-    /// Serialize a frame once for all clients.
+    /// Encode a frame once for all clients.
     pub fn new(f: &Frame, appended: Option<Instant>) -> Self {
         LiveFrame {
             seq: f.seq,
             device: f.device.clone(),
             vehicle: f.vehicle.clone(),
             kind: f.kind.clone(),
-            text: Utf8Bytes::from(super::tmd("frame", "", f)),
+            wire: text_frame(super::tmd("frame", "", f)),
             appended,
         }
     }
@@ -100,20 +99,12 @@ pub struct ClientInfo {
     pub dropped: u64,
 }
 
-/// A session's delivery counters: updated per burst without touching the client table.
-#[derive(Debug, Default)]
-pub struct ClientCounters {
-    /// Frames sent.
-    pub sent: AtomicU64,
-    /// Frames dropped because the client lagged.
-    pub dropped: AtomicU64,
-}
-
 /// The live fan-out point, shared by the API and every session.
 pub struct Hub {
-    frames: broadcast::Sender<Arc<LiveFrame>>,
-    messages: broadcast::Sender<Utf8Bytes>,
-    clients: Mutex<BTreeMap<u64, (ClientInfo, Arc<ClientCounters>)>>,
+    clients: Mutex<BTreeMap<u64, (ClientInfo, Arc<Conn>)>>,
+    /// The connections the hub writes to, copied on connect/disconnect so that a burst
+    /// takes the lock once.
+    fanout: Mutex<Arc<[Arc<Conn>]>>,
     devices: Mutex<HashMap<String, DeviceLive>>,
     vehicles: Mutex<HashMap<String, VehicleLive>>,
     next_id: AtomicU64,
@@ -123,7 +114,7 @@ pub struct Hub {
     /// Frames the hub itself missed (it fell behind the journal).
     pub hub_lagged: AtomicU64,
     /// Journal append → client socket, per delivery.
-    pub relay_latency: LatencyHistogram,
+    pub relay_latency: Arc<LatencyHistogram>,
 }
 
 /// Where commands for a device go: sources that can write to a device register here.
@@ -166,19 +157,16 @@ impl Hub {
         commands: CommandRoutes,
         shutdown: CancellationToken,
     ) -> Arc<Hub> {
-        let (frames, _) = broadcast::channel(CLIENT_QUEUE);
-        let (messages, _) = broadcast::channel(256);
         let hub = Arc::new(Hub {
-            frames,
-            messages,
             clients: Mutex::default(),
+            fanout: Mutex::new(Arc::new([])),
             devices: Mutex::default(),
             vehicles: Mutex::default(),
             next_id: AtomicU64::new(1),
             commands,
             published: AtomicU64::new(0),
             hub_lagged: AtomicU64::new(0),
-            relay_latency: LatencyHistogram::default(),
+            relay_latency: Arc::default(),
         });
         let mut rx = journal.subscribe();
         let from = journal.last_seq().saturating_sub(SEED_FRAMES as u64) + 1;
@@ -227,14 +215,15 @@ impl Hub {
         Arc::new(LiveFrame::new(&a.frame, Some(a.at)))
     }
 
-    /// Send a prepared burst to the sessions in one tight loop, so that a session woken by
-    /// its first frame finds the rest already there (one socket write per burst).
+    /// Write a prepared burst to every client that wants it: one `writev` per client per
+    /// burst, straight from this task; a client whose socket is full gets it queued.
     fn publish(&self, burst: &mut Vec<Arc<LiveFrame>>) {
         self.published.fetch_add(burst.len() as u64, Relaxed);
-        for f in burst.drain(..) {
-            // No subscribers is fine.
-            let _ = self.frames.send(f);
+        let conns = Arc::clone(&lock(&self.fanout));
+        for c in conns.iter() {
+            c.deliver(burst);
         }
+        burst.clear();
     }
 
     /// Update live device/vehicle status from a frame.
@@ -260,19 +249,13 @@ impl Hub {
         }
     }
 
-    /// A receiver of live frames from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<LiveFrame>> {
-        self.frames.subscribe()
-    }
-
-    /// A receiver of client broadcasts.
-    pub fn messages(&self) -> broadcast::Receiver<Utf8Bytes> {
-        self.messages.subscribe()
-    }
-
     /// Relay a `broadcast` message to every client.
     pub fn broadcast(&self, text: String) {
-        let _ = self.messages.send(Utf8Bytes::from(text));
+        let wire = text_frame(text);
+        let conns = Arc::clone(&lock(&self.fanout));
+        for c in conns.iter() {
+            c.broadcast(&wire);
+        }
     }
 
     /// Deliver a command to the source that owns `device`.
@@ -280,13 +263,18 @@ impl Hub {
         self.commands.send(device, payload)
     }
 
-    /// Register a client session; returns its id and its counters.
-    pub fn add_client(&self, mut info: ClientInfo) -> (u64, Arc<ClientCounters>) {
+    /// Register a client's connection (live frames start flowing to it); returns its id.
+    pub fn add_client(&self, mut info: ClientInfo, conn: Arc<Conn>) -> u64 {
         let id = self.next_id.fetch_add(1, Relaxed);
         info.id = id;
-        let counters = Arc::new(ClientCounters::default());
-        lock(&self.clients).insert(id, (info, Arc::clone(&counters)));
-        (id, counters)
+        let mut clients = lock(&self.clients);
+        clients.insert(id, (info, conn));
+        self.refresh_fanout(&clients);
+        id
+    }
+
+    fn refresh_fanout(&self, clients: &BTreeMap<u64, (ClientInfo, Arc<Conn>)>) {
+        *lock(&self.fanout) = clients.values().map(|(_, c)| Arc::clone(c)).collect();
     }
 
     /// Update a client's entry.
@@ -298,7 +286,9 @@ impl Hub {
 
     /// Forget a client.
     pub fn remove_client(&self, id: u64) {
-        lock(&self.clients).remove(&id);
+        let mut clients = lock(&self.clients);
+        clients.remove(&id);
+        self.refresh_fanout(&clients);
     }
 
     /// Connected clients.

@@ -1,12 +1,14 @@
 //! The live relay: frames from the journal fanned out to WebSocket clients.
 //!
-//! The [`hub::Hub`] turns each journaled frame into its TMD JSON text once and publishes it
-//! on a bounded broadcast ring; every client session ([`ws`]) filters and forwards from its
-//! own position in that ring. A slow client only ever loses its own oldest frames (and is
-//! told so with `lagged`), never slows ingest or other clients. Backfill (`from_seq`) reads
-//! the journal, then switches to the ring with no gap and no duplicate.
+//! The [`hub::Hub`] turns each journaled frame into a WebSocket frame of its TMD JSON text
+//! once and writes it to every client's socket ([`conn::Conn`]) whose filters it passes; a
+//! socket that cannot take it now gets it queued, up to a per-client bound. A slow client
+//! only ever loses its own oldest frames (and is told so with `lagged`), never slows ingest
+//! or other clients. Each client's session ([`ws`]) answers its messages and does backfill
+//! (`from_seq`): the journal, then live with no gap and no duplicate.
 //! [`latency`] times each delivery from journal append to the client's socket.
 
+pub mod conn;
 pub mod hub;
 pub mod latency;
 pub mod ws;

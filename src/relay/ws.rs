@@ -1,22 +1,31 @@
-//! One WebSocket client session: welcome, filters, backfill, live frames, client messages.
+//! One WebSocket client session: welcome, filters, backfill, client messages.
 //!
-//! Auth happened before the upgrade (see `api::ws_upgrade`). The session owns its position
-//! in the hub's ring; when it falls behind it either recovers from the journal (clients
-//! that asked for `from_seq` want every frame) or drops the oldest and says `lagged`.
+//! Auth happened before the upgrade (see `api::live`). Live frames do not pass through the
+//! session: the hub writes them into the client's [`Conn`]. The session reads the client's
+//! messages, answers them through the same `Conn` (so replies and frames stay in order),
+//! replays the journal for `from_seq`, and drains what the socket could not take at once.
 
-use super::hub::{ClientCounters, ClientInfo, Hub, LiveFrame};
+use super::conn::{close_frame, text_frame, Conn, Mode, Stuck};
+use super::hub::{ClientInfo, Hub, LiveFrame};
 use super::tmd;
 use crate::auth::{KeyInfo, Scope};
 use crate::frame::Frame;
 use crate::journal::Journal;
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures_util::{SinkExt, StreamExt};
+use bytes::Bytes;
+use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use std::sync::atomic::Ordering::Relaxed;
+use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-use tokio::sync::broadcast::error::RecvError;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
 /// Largest client message; bigger ones close the connection with 1009.
@@ -25,11 +34,8 @@ pub const MAX_MESSAGE: usize = 64 * 1024;
 /// 1009 close (a clean close); beyond it the read fails at the frame header and the
 /// connection may end in a reset.
 pub const READ_LIMIT: usize = 1 << 20;
-/// A client that cannot take a message for this long is disconnected.
+/// A client that takes nothing for this long is disconnected.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Lag events within [`LAG_WINDOW`] that mark a client as persistently slow (close 1008).
-const LAG_LIMIT: usize = 3;
-const LAG_WINDOW: Duration = Duration::from_secs(30);
 /// Frames per journal read during backfill.
 const REPLAY_CHUNK: usize = 512;
 
@@ -100,46 +106,97 @@ enum End {
     Close(u16, &'static str),
 }
 
+impl From<Stuck> for End {
+    fn from(s: Stuck) -> Self {
+        match s {
+            Stuck::Gone => End::Closed,
+            Stuck::NotReading => End::Close(1008, "client not reading"),
+        }
+    }
+}
+
+/// The read half of a client socket, as tungstenite's stream: reads come from the socket;
+/// what the WebSocket layer writes by itself (pongs, the close reply) joins the `Conn`'s
+/// queue, in order with everything else.
+struct ReadSide {
+    rd: OwnedReadHalf,
+    conn: Arc<Conn>,
+}
+
+impl AsyncRead for ReadSide {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().rd).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ReadSide {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.conn.reply_nowait(Bytes::copy_from_slice(buf));
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+type Socket = WebSocketStream<ReadSide>;
+type ClientMsg = Option<Result<Message, WsError>>;
+
 /// The session state between messages.
 struct Session {
     ctx: SessionCtx,
     key: KeyInfo,
     id: u64,
-    counters: Arc<ClientCounters>,
-    filters: Filters,
-    active: bool,
-    /// Next journal seq to replay, while backfilling.
-    replay: Option<u64>,
-    /// Whether this client asked for completeness (recover lag from the journal).
-    complete: bool,
-    last_sent: u64,
-    lag_events: Vec<Instant>,
-    /// Append times of the burst being written (for the relay latency histogram).
-    appended: Vec<Instant>,
+    conn: Arc<Conn>,
 }
 
-/// Run a session until the client leaves or the gateway stops.
-pub async fn run(socket: WebSocket, ctx: SessionCtx, key: KeyInfo, info: ClientInfo) {
+/// Run a session on an upgraded connection (`read_buf`: bytes already read past the
+/// handshake) until the client leaves or the gateway stops.
+pub async fn run(io: TcpStream, read_buf: Bytes, ctx: SessionCtx, key: KeyInfo, info: ClientInfo) {
     let name = info.name.clone();
     let addr = info.address;
-    let (id, counters) = ctx.hub.add_client(info);
+    let (rd, wr) = io.into_split();
+    let conn = Arc::new(Conn::new(wr, Arc::clone(&ctx.hub.relay_latency)));
+    // tungstenite zero-fills `read_buffer_size` bytes on every read attempt: 4 KiB, not its
+    // 128 KiB default, keeps that cheap and small per client. Messages over MAX_MESSAGE are
+    // read whole (up to READ_LIMIT) and refused with 1009, so the close is clean.
+    let config = WebSocketConfig::default()
+        .read_buffer_size(4 << 10)
+        .max_message_size(Some(READ_LIMIT))
+        .max_frame_size(Some(READ_LIMIT));
+    let side = ReadSide {
+        rd,
+        conn: Arc::clone(&conn),
+    };
+    let mut socket =
+        WebSocketStream::from_partially_read(side, read_buf.to_vec(), Role::Server, Some(config))
+            .await;
+    let id = ctx.hub.add_client(info, Arc::clone(&conn));
     let span = tracing::info_span!("ws", client = %name, %addr, id);
     let _g = span.enter();
     tracing::info!(key = %key.id, "client connected");
-    let mut s = Session {
-        ctx,
-        key,
-        id,
-        counters,
-        filters: Filters::default(),
-        active: true,
-        replay: None,
-        complete: false,
-        last_sent: 0,
-        lag_events: Vec::new(),
-        appended: Vec::new(),
+    let mut s = Session { ctx, key, id, conn };
+    let end = s.serve(&mut socket, &name).await;
+    let close = match &end {
+        End::Close(code, why) => Some(close_frame(*code, why)),
+        End::Shutdown => Some(close_frame(1001, "gateway shutting down")),
+        End::Closed => None,
     };
-    let end = s.serve(socket, &name).await;
+    // Also lets tungstenite's reply to a client's close go out.
+    s.conn.close(close, Duration::from_secs(1)).await;
     s.ctx.hub.remove_client(id);
     match end {
         End::Closed => tracing::info!("client disconnected"),
@@ -148,270 +205,131 @@ pub async fn run(socket: WebSocket, ctx: SessionCtx, key: KeyInfo, info: ClientI
     }
 }
 
-type Sink = futures_util::stream::SplitSink<WebSocket, Message>;
-type ClientMsg = Option<Result<Message, axum::Error>>;
-
-/// Read client messages in their own task, woken only when the socket has data. Polling
-/// the stream from the session loop instead cost a read attempt (and tungstenite's
-/// read-buffer zeroing) for every live frame sent. The channel is small so a client that
-/// floods messages is held back by TCP, not buffered here; `None` on the channel or a
-/// closed channel means the client is gone.
-fn spawn_reader(
-    mut stream: futures_util::stream::SplitStream<WebSocket>,
-) -> (
-    tokio::sync::mpsc::Receiver<ClientMsg>,
-    tokio::task::JoinHandle<()>,
-) {
-    let (tx, rx) = tokio::sync::mpsc::channel::<ClientMsg>(4);
-    let task = tokio::spawn(async move {
-        loop {
-            let m = stream.next().await;
-            let last = !matches!(m, Some(Ok(_)));
-            if tx.send(m).await.is_err() || last {
-                return;
-            }
-        }
-    });
-    (rx, task)
-}
-
-/// Most live frames written to one client before a flush.
-const FEED_MAX: usize = 256;
-
-/// Write one message and flush.
-async fn send(sink: &mut Sink, text: Utf8Bytes) -> Result<(), End> {
-    written(tokio::time::timeout(WRITE_TIMEOUT, sink.send(Message::Text(text))).await)
-}
-
-fn written<T, E>(r: Result<Result<T, E>, tokio::time::error::Elapsed>) -> Result<T, End> {
-    match r {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(_)) => Err(End::Closed),
-        Err(_) => Err(End::Close(1008, "client not reading")),
-    }
-}
-
 impl Session {
-    async fn serve(&mut self, socket: WebSocket, name: &str) -> End {
-        let (mut sink, stream) = socket.split();
+    async fn serve(&mut self, socket: &mut Socket, name: &str) -> End {
         let welcome = tmd(
             "welcome",
             "welcome",
             json!({"gateway": self.ctx.gateway, "client": name, "last_seq": self.ctx.journal.last_seq(),
                    "scopes": self.key.scopes}),
         );
-        if let Err(e) = send(&mut sink, welcome.into()).await {
+        // Live frames start right behind the welcome.
+        if let Err(e) = self.reply_with(welcome, |st| st.mode = Mode::Live).await {
             return e;
         }
-        let mut live = self.ctx.hub.subscribe();
-        let mut msgs = self.ctx.hub.messages();
         let shutdown = self.ctx.shutdown.clone();
         let cancelled = shutdown.cancelled();
         tokio::pin!(cancelled);
-        let (mut incoming, reader) = spawn_reader(stream);
-        let end = loop {
+        let conn = Arc::clone(&self.conn);
+        loop {
+            let replaying = matches!(conn.state().mode, Mode::Replay(_));
             let step = tokio::select! {
                 biased;
                 _ = &mut cancelled => Err(End::Shutdown),
-                m = incoming.recv() => self.on_incoming(m.flatten(), &mut sink, &mut live).await,
-                m = msgs.recv() => match m {
-                    Ok(text) => send(&mut sink, text).await,
-                    Err(_) => Ok(()),
-                },
-                _ = std::future::ready(()), if self.replay.is_some() => self.replay_chunk(&mut sink).await,
-                f = live.recv(), if self.active && self.replay.is_none() => self.on_live(f, &mut sink, &mut live).await,
+                _ = conn.wake.notified() => self.on_wake().await,
+                m = socket.next() => self.on_incoming(m).await,
+                _ = std::future::ready(()), if replaying => self.replay_chunk().await,
             };
             if let Err(end) = step {
-                break end;
+                return end;
             }
-        };
-        reader.abort();
-        let close = |code: u16, reason: &'static str| {
-            Message::Close(Some(CloseFrame {
-                code,
-                reason: Utf8Bytes::from_static(reason),
-            }))
-        };
-        match &end {
-            End::Close(code, why) => {
-                let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(close(*code, why)))
-                    .await;
-            }
-            End::Shutdown => {
-                let _ = tokio::time::timeout(
-                    Duration::from_secs(1),
-                    sink.send(close(1001, "gateway shutting down")),
-                )
-                .await;
-            }
-            End::Closed => {}
         }
-        end
     }
 
-    fn error(&self, message: &str) -> Utf8Bytes {
-        tmd("error", message, Value::Null).into()
-    }
-
-    /// Write a live frame and every frame already waiting behind it (up to [`FEED_MAX`])
-    /// with one flush: one syscall per burst instead of one per frame. The write timeout
-    /// covers the whole burst (one timer per burst, not per frame).
-    async fn on_live(
-        &mut self,
-        first: Result<Arc<LiveFrame>, RecvError>,
-        sink: &mut Sink,
-        live: &mut tokio::sync::broadcast::Receiver<Arc<LiveFrame>>,
+    /// Queue a reply after `f` changed the delivery state (atomically) and wait until the
+    /// socket took it.
+    async fn reply_with(
+        &self,
+        text: String,
+        f: impl FnOnce(&mut super::conn::State),
     ) -> Result<(), End> {
-        use tokio::sync::broadcast::error::TryRecvError;
-        let mut item = first;
-        let mut fed = 0u64;
-        // Ends with what stopped the burst early: the channel lagged or closed.
-        let burst = async {
-            let mut ended = None;
-            for _ in 0..FEED_MAX {
-                match item {
-                    Ok(f) => {
-                        if f.seq > self.last_sent
-                            && self
-                                .filters
-                                .matches(&f.device, f.vehicle.as_deref(), &f.kind)
-                        {
-                            sink.feed(Message::Text(f.text.clone())).await?;
-                            self.last_sent = f.seq;
-                            self.appended.extend(f.appended);
-                            fed += 1;
-                        }
-                    }
-                    Err(e) => {
-                        ended = Some(e);
-                        break;
-                    }
-                }
-                item = match live.try_recv() {
-                    Ok(f) => Ok(f),
-                    Err(TryRecvError::Lagged(n)) => Err(RecvError::Lagged(n)),
-                    Err(_) => break,
-                };
-            }
-            if fed > 0 {
-                sink.flush().await?;
-            }
-            Ok::<_, axum::Error>(ended)
-        };
-        let ended = written(tokio::time::timeout(WRITE_TIMEOUT, burst).await)?;
-        self.counters.sent.fetch_add(fed, Relaxed);
-        let hist = &self.ctx.hub.relay_latency;
-        hist.observe(Instant::now(), self.appended.drain(..));
-        match ended {
-            Some(RecvError::Lagged(n)) => self.on_lagged(n, sink).await,
-            Some(RecvError::Closed) => Err(End::Shutdown),
-            None => Ok(()),
-        }
+        Ok(self
+            .conn
+            .reply_with(text_frame(text), WRITE_TIMEOUT, f)
+            .await?)
     }
 
-    /// The live channel dropped `n` frames for this client: resume from the journal if it
-    /// asked for completeness, else tell it (and close it if it keeps lagging).
-    async fn on_lagged(&mut self, n: u64, sink: &mut Sink) -> Result<(), End> {
-        let now = Instant::now();
-        self.lag_events
-            .retain(|t| now.duration_since(*t) < LAG_WINDOW);
-        self.lag_events.push(now);
-        if self.complete {
-            // Completeness wanted: pick up again from the journal.
-            self.replay = Some(self.last_sent + 1);
-            return Ok(());
+    async fn reply(&self, text: String) -> Result<(), End> {
+        self.reply_with(text, |_| {}).await
+    }
+
+    async fn error(&self, message: &str) -> Result<(), End> {
+        self.reply(tmd("error", message, Value::Null)).await
+    }
+
+    /// The hub queued what the socket would not take, or asks for a close.
+    async fn on_wake(&mut self) -> Result<(), End> {
+        if let Some((code, why)) = self.conn.state().close {
+            return Err(End::Close(code, why));
         }
-        self.counters.dropped.fetch_add(n, Relaxed);
-        tracing::warn!(dropped = n, "client lagged; dropped its oldest frames");
-        if self.lag_events.len() >= LAG_LIMIT {
-            return Err(End::Close(1008, "client persistently too slow"));
-        }
-        send(
-            sink,
-            tmd(
-                "lagged",
-                "client too slow; oldest frames dropped",
-                json!({"dropped": n}),
-            )
-            .into(),
-        )
-        .await
+        Ok(self.conn.drain(WRITE_TIMEOUT).await?)
     }
 
     /// Send one chunk of journal replay; switch to live when caught up.
-    async fn replay_chunk(&mut self, sink: &mut Sink) -> Result<(), End> {
-        let Some(next) = self.replay else {
+    async fn replay_chunk(&mut self) -> Result<(), End> {
+        let Mode::Replay(next) = self.conn.state().mode else {
             return Ok(());
         };
         let frames: Vec<Frame> = self.ctx.journal.range(next, REPLAY_CHUNK);
         let Some(last) = frames.last().map(|f| f.seq) else {
-            self.replay = None;
+            // Caught up? Decide under the lock the hub delivers under: any frame the hub
+            // has seen is already in the journal, so nothing falls between replay and live.
+            let mut st = self.conn.state();
+            if st.mode == Mode::Replay(next) && self.ctx.journal.range(next, 1).is_empty() {
+                st.mode = Mode::Live;
+                st.last_sent = (next - 1).min(self.ctx.journal.last_seq());
+            }
             return Ok(());
         };
-        let mut sent = 0;
-        for f in frames.iter().filter(|f| {
-            self.filters
-                .matches(&f.device, f.vehicle.as_deref(), &f.kind)
-        }) {
-            send(sink, LiveFrame::new(f, None).text).await?;
-            sent += 1;
+        let filters = self.conn.state().filters.clone();
+        for f in frames
+            .iter()
+            .filter(|f| filters.matches(&f.device, f.vehicle.as_deref(), &f.kind))
+        {
+            let wire = LiveFrame::new(f, None).wire;
+            self.conn.replayed(f.seq, wire, WRITE_TIMEOUT).await?;
         }
-        self.last_sent = last;
-        self.replay = Some(last + 1);
-        self.counters.sent.fetch_add(sent, Relaxed);
+        let mut st = self.conn.state();
+        if st.mode == Mode::Replay(next) {
+            st.mode = Mode::Replay(last + 1);
+            st.last_sent = last;
+        }
         Ok(())
     }
 
-    async fn on_incoming(
-        &mut self,
-        incoming: ClientMsg,
-        sink: &mut Sink,
-        live: &mut tokio::sync::broadcast::Receiver<Arc<LiveFrame>>,
-    ) -> Result<(), End> {
+    async fn on_incoming(&mut self, incoming: ClientMsg) -> Result<(), End> {
         let msg = match incoming {
             None => return Err(End::Closed),
+            Some(Err(WsError::Capacity(e))) => {
+                tracing::debug!(error = %e, "client message too big");
+                return Err(End::Close(1009, "message too big (limit 64 KiB)"));
+            }
             Some(Err(e)) => {
-                let text = e.to_string();
-                if text.contains("Space limit exceeded")
-                    || text.contains("too long")
-                    || text.contains("too big")
-                {
-                    return Err(End::Close(1009, "message too big (limit 64 KiB)"));
-                }
-                tracing::debug!(error = %text, "websocket read error");
+                tracing::debug!(error = %e, "websocket read error");
                 return Err(End::Closed);
             }
             Some(Ok(m)) => m,
         };
-        let size = match &msg {
-            Message::Text(t) => t.len(),
-            Message::Binary(b) => b.len(),
-            _ => 0,
-        };
-        if size > MAX_MESSAGE {
+        if msg.len() > MAX_MESSAGE {
             return Err(End::Close(1009, "message too big (limit 64 KiB)"));
         }
         let text = match msg {
             Message::Text(t) => t,
             Message::Close(_) => return Err(End::Closed),
-            Message::Ping(_) | Message::Pong(_) => return Ok(()),
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => return Ok(()),
             Message::Binary(_) => {
-                return send(
-                    sink,
-                    self.error("binary messages are not supported; send TMD JSON text"),
-                )
-                .await
+                return self
+                    .error("binary messages are not supported; send TMD JSON text")
+                    .await
             }
         };
         let parsed: Incoming = match serde_json::from_str(&text) {
             Ok(m) => m,
-            Err(e) => {
-                return send(sink, self.error(&format!("bad message: {e}"))).await;
-            }
+            Err(e) => return self.error(&format!("bad message: {e}")).await,
         };
         let _ = parsed.message;
         match parsed.kind.as_str() {
-            "ping" => send(sink, tmd("pong", "pong", parsed.data).into()).await,
+            "ping" => self.reply(tmd("pong", "pong", parsed.data)).await,
             "subscribe" => {
                 let data = if parsed.data.is_null() {
                     json!({})
@@ -420,33 +338,32 @@ impl Session {
                 };
                 let filters: Filters = match serde_json::from_value(data) {
                     Ok(f) => f,
-                    Err(e) => return send(sink, self.error(&format!("bad subscribe: {e}"))).await,
+                    Err(e) => return self.error(&format!("bad subscribe: {e}")).await,
                 };
-                // A fresh ring position first, so the replay below and live overlap.
-                *live = self.ctx.hub.subscribe();
-                self.complete = filters.from_seq.is_some();
-                self.last_sent = 0;
-                self.replay = filters.from_seq.map(|s| s.max(1));
-                self.active = true;
                 let shown = serde_json::to_value(&filters).unwrap_or(Value::Null);
                 self.ctx
                     .hub
                     .update_client(self.id, |c| c.filters = shown.clone());
-                self.filters = filters;
-                send(sink, tmd("subscribed", "subscribed", shown).into()).await
+                let reply = tmd("subscribed", "subscribed", shown);
+                // The new filters, the replay start and the reply in one step: the reply
+                // comes before the first frame they select.
+                self.reply_with(reply, move |st| {
+                    st.complete = filters.from_seq.is_some();
+                    st.mode = filters
+                        .from_seq
+                        .map_or(Mode::Live, |s| Mode::Replay(s.max(1)));
+                    st.last_sent = 0;
+                    st.filters = filters;
+                })
+                .await
             }
             "unsubscribe" => {
-                self.active = false;
-                self.replay = None;
-                send(
-                    sink,
-                    tmd("subscribed", "unsubscribed", json!({"active": false})).into(),
-                )
-                .await
+                let reply = tmd("subscribed", "unsubscribed", json!({"active": false}));
+                self.reply_with(reply, |st| st.mode = Mode::Off).await
             }
             "broadcast" => {
                 if !self.key.allows(Scope::Publish) {
-                    return send(sink, self.error("broadcast needs the publish scope")).await;
+                    return self.error("broadcast needs the publish scope").await;
                 }
                 let msg = tmd(
                     "broadcast",
@@ -458,16 +375,16 @@ impl Session {
             }
             "command" => {
                 if !self.key.allows(Scope::Control) {
-                    return send(sink, self.error("command needs the control scope")).await;
+                    return self.error("command needs the control scope").await;
                 }
                 let cmd: Command = match serde_json::from_value(parsed.data) {
                     Ok(c) => c,
-                    Err(e) => return send(sink, self.error(&format!("bad command: {e}"))).await,
+                    Err(e) => return self.error(&format!("bad command: {e}")).await,
                 };
                 let reply = self.command(cmd);
-                send(sink, reply.into()).await
+                self.reply(reply).await
             }
-            other => send(sink, self.error(&format!("unknown message type {other:?}"))).await,
+            other => self.error(&format!("unknown message type {other:?}")).await,
         }
     }
 
