@@ -97,6 +97,20 @@ fn upgrade_auth_subprotocol_and_live_frames() {
         // api_key query parameter (browsers) works too.
         let url = format!("/ws?api_key={}", k.read);
         assert!(ws_connect(gw.port, &url, None, None).await.is_ok());
+        // A client's close is answered with the server's close (the handshake completes).
+        ws.close(None).await.expect("close");
+        let answered = tokio::time::timeout(Duration::from_secs(5), async {
+            while let Some(m) = ws.next().await {
+                match m {
+                    Ok(Message::Close(_)) => return true,
+                    Ok(_) => continue,
+                    Err(_) => return false,
+                }
+            }
+            false
+        })
+        .await;
+        assert_eq!(answered, Ok(true), "the gateway answered the close");
     });
 }
 

@@ -428,3 +428,117 @@ impl State {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::relay::hub::LiveFrame;
+    use futures_util::StreamExt;
+    use tokio::net::{TcpListener, TcpSocket, TcpStream};
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::WebSocketStream;
+
+    /// A `Conn` on a real loopback socket with a small send buffer, and its peer (which
+    /// reads nothing until the test says so).
+    async fn pair() -> (TcpStream, Conn) {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let s = TcpSocket::new_v4().expect("socket");
+        s.set_send_buffer_size(4096).expect("sndbuf");
+        let ours = s
+            .connect(l.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (peer, _) = l.accept().await.expect("accept");
+        let (_rd, wr) = ours.into_split();
+        let conn = Conn::new(wr, Arc::default());
+        conn.state().mode = Mode::Live;
+        (peer, conn)
+    }
+
+    fn frame(seq: u64) -> Arc<LiveFrame> {
+        let mut f =
+            crate::frame::Frame::new("gw", "sim", "dev1", "gps", json!({"pad": "x".repeat(200)}));
+        f.seq = seq;
+        Arc::new(LiveFrame::new(&f, None))
+    }
+
+    #[tokio::test]
+    async fn a_client_that_does_not_read_loses_its_oldest_frames_and_is_told_where() {
+        let (peer, conn) = pair().await;
+        for seq in 1..=10_000 {
+            conn.deliver(&[frame(seq)]);
+        }
+        let dropped = conn.dropped.load(Relaxed);
+        {
+            let st = conn.state();
+            assert!(
+                st.droppable <= CLIENT_QUEUE,
+                "queue {} frames",
+                st.droppable
+            );
+            assert_eq!(st.close, Some((1008, "client persistently too slow")));
+        }
+        assert!(
+            dropped > 3 * CLIENT_QUEUE as u64 / 2,
+            "dropped only {dropped}"
+        );
+        // The peer now reads: every frame it gets is in order, and every gap in the seqs
+        // comes right after a `lagged` that counts it exactly.
+        let reader = tokio::spawn(async move {
+            let mut ws = WebSocketStream::from_raw_socket(peer, Role::Client, None).await;
+            let (mut last, mut gap, mut got, mut told) = (0u64, None, 0u64, 0u64);
+            while let Some(Ok(Message::Text(t))) = ws.next().await {
+                let m: serde_json::Value = serde_json::from_str(&t).expect("json");
+                match m["type"].as_str() {
+                    Some("frame") => {
+                        let seq = m["data"]["seq"].as_u64().expect("seq");
+                        let expected = last + 1 + gap.take().unwrap_or(0);
+                        assert_eq!(seq, expected, "after {last}");
+                        last = seq;
+                        got += 1;
+                    }
+                    Some("lagged") => {
+                        let n = m["data"]["dropped"].as_u64().expect("dropped");
+                        gap = Some(gap.unwrap_or(0) + n);
+                        told += n;
+                    }
+                    other => panic!("unexpected message {other:?}"),
+                }
+            }
+            (last, got, told)
+        });
+        conn.close(None, Duration::from_secs(5)).await;
+        drop(conn);
+        let (last, got, told) = reader.await.expect("reader");
+        assert_eq!(last, 10_000);
+        assert_eq!(told, dropped);
+        assert_eq!(got + dropped, 10_000);
+    }
+
+    #[tokio::test]
+    async fn a_from_seq_client_that_lags_goes_back_to_the_journal() {
+        let (_peer, conn) = pair().await;
+        conn.state().complete = true;
+        let mut seq = 0;
+        while conn.state().mode == Mode::Live {
+            seq += 1;
+            assert!(seq < 100_000, "never shed");
+            conn.deliver(&[frame(seq)]);
+        }
+        let st = conn.state();
+        let Mode::Replay(from) = st.mode else {
+            panic!("mode {:?}", st.mode)
+        };
+        assert_eq!(st.last_sent, from - 1);
+        // Only a frame the socket had started on stays queued.
+        assert!(st.droppable <= 1, "{} frames still queued", st.droppable);
+        assert!(st.close.is_none());
+        assert_eq!(conn.dropped.load(Relaxed), 0);
+        // Frames after the switch are left to the replay.
+        drop(st);
+        let before = conn.state().droppable;
+        conn.deliver(&[frame(seq + 1)]);
+        assert_eq!(conn.state().droppable, before);
+    }
+}

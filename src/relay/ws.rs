@@ -12,7 +12,7 @@ use crate::auth::{KeyInfo, Scope};
 use crate::frame::Frame;
 use crate::journal::Journal;
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::io;
@@ -195,7 +195,10 @@ pub async fn run(io: TcpStream, read_buf: Bytes, ctx: SessionCtx, key: KeyInfo, 
         End::Shutdown => Some(close_frame(1001, "gateway shutting down")),
         End::Closed => None,
     };
-    // Also lets tungstenite's reply to a client's close go out.
+    if close.is_none() {
+        // tungstenite queues its reply to a client's close until the next read or flush.
+        let _ = tokio::time::timeout(Duration::from_millis(100), socket.flush()).await;
+    }
     s.conn.close(close, Duration::from_secs(1)).await;
     s.ctx.hub.remove_client(id);
     match end {
