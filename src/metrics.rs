@@ -158,6 +158,14 @@ pub fn render(st: &AppState) -> String {
         o.val("fieldgate_sink_acked_seq", &[("sink", name)], s.acked_seq);
     }
     o.head(
+        "fieldgate_sink_resent_total",
+        "counter",
+        "Frames sent again because the destination lost them after acknowledging them.",
+    );
+    for (name, s) in &sinks {
+        o.val("fieldgate_sink_resent_total", &[("sink", name)], s.resent);
+    }
+    o.head(
         "fieldgate_sink_lag_frames",
         "gauge",
         "Frames not yet acknowledged.",

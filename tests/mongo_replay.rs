@@ -1,5 +1,6 @@
 //! The MongoDB sink in-process against a real MongoDB-wire server: a replay over documents
-//! that are already there is not an error, and the device/vehicle registries are mirrored.
+//! that are already there is not an error, frames the server lost after acknowledging them
+//! are sent again, and the device/vehicle registries are mirrored.
 
 mod common;
 
@@ -85,13 +86,25 @@ impl Rig {
         }
     }
 
-    fn stop(mut self) {
+    /// Stop the sink (the journal stays open for another `start`).
+    fn stop_sink(&mut self) {
         self.shutdown.cancel();
         if let Some(t) = self.task.take() {
             self.rt.block_on(t).expect("sink task");
         }
         assert_eq!(self.state().state, "stopped");
+        self.shutdown = CancellationToken::new();
+    }
+
+    fn stop(mut self) {
+        self.stop_sink();
         self.journal.close().expect("close");
+    }
+
+    fn append(&self, range: std::ops::Range<u64>) {
+        self.journal
+            .append_many(range.map(frame).collect())
+            .expect("append");
     }
 }
 
@@ -144,6 +157,44 @@ fn replayed_documents_are_delivered_not_errors() {
         .append_many((300..350).map(frame).collect())
         .expect("append");
     rig.until("new frames acked", |s| s.acked_seq == 350);
+    assert_exactly_once(&server, &db, GATEWAY, 350);
+    rig.stop();
+}
+
+/// A server that loses frames after acknowledging them (a crash of a server that does not
+/// journal, a replica-set rollback): the sink finds out when it reconnects, or when it
+/// starts, and sends them again.
+#[test]
+fn acknowledged_frames_the_server_lost_are_sent_again() {
+    let mut server = MongoServer::start();
+    let db = unique_db("lost");
+    let mut rig = Rig::new();
+    rig.append(0..300);
+    rig.start(&server.uri(), &db);
+    rig.until("all acked", |s| s.acked_seq == 300);
+    let lost = |server: &MongoServer, from: i64, to: i64| {
+        let filter = doc! {"seq": {"$gte": from, "$lte": to}};
+        server.delete(&db, "frames", filter)
+    };
+    // Lost across batch boundaries (64 frames a batch), and the very last one.
+    assert_eq!(lost(&server, 250, 271), 22);
+    assert_eq!(lost(&server, 300, 300), 1);
+
+    // An outage: the sink notices when frames fail to go out.
+    server.stop();
+    rig.append(300..350);
+    rig.until("offline", |s| s.state == "offline");
+    server.restart();
+    let s = rig.until("caught up", |s| s.acked_seq == 350 && s.state == "online");
+    assert_eq!(s.resent, 23, "{s:?}");
+    assert_exactly_once(&server, &db, GATEWAY, 350);
+
+    // A gateway restart re-checks too, before anything new is sent.
+    rig.stop_sink();
+    assert_eq!(lost(&server, 340, 345), 6);
+    rig.start(&server.uri(), &db);
+    let s = rig.until("re-sent", |s| s.resent == 6 && s.acked_seq == 350);
+    assert_eq!(s.state, "online");
     assert_exactly_once(&server, &db, GATEWAY, 350);
     rig.stop();
 }

@@ -19,6 +19,9 @@ pub struct SinkState {
     pub lag_seconds: f64,
     /// Frames delivered in this run.
     pub delivered: u64,
+    /// Frames sent again in this run because the destination had lost them after
+    /// acknowledging them (a server crash or rollback).
+    pub resent: u64,
     /// Last error, if any.
     pub last_error: Option<String>,
 }

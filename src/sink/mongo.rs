@@ -11,6 +11,7 @@
 mod client;
 mod frames;
 mod health;
+mod recheck;
 mod registry;
 
 use crate::config::ConfigError;
@@ -43,7 +44,7 @@ pub struct MongoConfig {
     /// Cap of the retry backoff.
     #[serde(default = "default_backoff_max")]
     pub backoff_max: HumanDuration,
-    /// Write concern: `majority` or a node count such as `1`.
+    /// Write concern: `majority` or a node count such as `1`; always with `j: true`.
     #[serde(default = "default_write_concern")]
     pub write_concern: String,
 }
@@ -115,12 +116,17 @@ impl MongoConfig {
         Ok(())
     }
 
-    /// The configured write concern (`validate` has checked it; anything else is majority).
+    /// The configured write concern (`validate` has checked it; anything else is majority),
+    /// with `j: true`: an acknowledged batch is in the server's on-disk journal, so a server
+    /// killed right after its reply still has it (with `j` unset a server may acknowledge
+    /// writes it loses in a crash, and the cursor would already be past them).
     pub fn write_concern(&self) -> WriteConcern {
-        match self.write_concern.parse::<u32>() {
+        let mut wc = match self.write_concern.parse::<u32>() {
             Ok(n) if n > 0 => WriteConcern::nodes(n),
             _ => WriteConcern::majority(),
-        }
+        };
+        wc.journal = Some(true);
+        wc
     }
 }
 
@@ -174,4 +180,22 @@ async fn run_inner(
     let _ = refresher.await;
     health.stopped();
     client.shutdown().immediate(true).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mongodb::options::Acknowledgment;
+
+    #[test]
+    fn write_concern_always_waits_for_the_servers_journal() {
+        let mut cfg = MongoConfig::with_uri("mongodb://127.0.0.1/".into());
+        let wc = cfg.write_concern();
+        assert_eq!(wc.w, Some(Acknowledgment::Majority));
+        assert_eq!(wc.journal, Some(true));
+        cfg.write_concern = "2".into();
+        let wc = cfg.write_concern();
+        assert_eq!(wc.w, Some(Acknowledgment::Nodes(2)));
+        assert_eq!(wc.journal, Some(true));
+    }
 }

@@ -9,7 +9,7 @@
 
 use bson::{doc, Document};
 use futures_util::TryStreamExt;
-use mongodb::options::ClientOptions;
+use mongodb::options::{ClientOptions, WriteConcern};
 use mongodb::Client;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -282,6 +282,21 @@ impl MongoServer {
                 .expect("list indexes");
             let idx: Vec<mongodb::IndexModel> = cur.try_collect().await.expect("indexes");
             idx.into_iter().map(|m| m.keys).collect()
+        })
+    }
+
+    /// Delete the documents of `db.coll` matching `filter`, durably (`j: true`: a server
+    /// killed right after still has them deleted); how many went.
+    pub fn delete(&self, db: &str, coll: &str, filter: Document) -> u64 {
+        block(async {
+            let c = self.client().await;
+            c.database(db)
+                .collection::<Document>(coll)
+                .delete_many(filter)
+                .write_concern(WriteConcern::builder().journal(true).build())
+                .await
+                .expect("delete")
+                .deleted_count
         })
     }
 

@@ -1,12 +1,16 @@
 //! The frame loop: journal cursor → batches → `insert_many` → ack.
 //!
-//! Exactly-once in effect rests on three rules: a batch is retried unchanged until the
-//! server acknowledges it, the cursor moves only after that, and every frame has a fixed
-//! `_id`, so a batch re-sent after a crash or a lost reply only meets duplicate-key errors.
+//! Exactly-once in effect rests on three rules: a batch is retried (read again from the
+//! cursor) until the server acknowledges it, the cursor moves only after that, and every
+//! frame has a fixed `_id`, so a batch re-sent after a crash or a lost reply only meets
+//! duplicate-key errors.
 //! Only durable frames are sent, so MongoDB never holds a frame the journal could lose.
+//! At start and after every failure the acknowledged tail is re-checked first (`recheck`):
+//! what a crashed server lost after acknowledging it is sent again.
 
 use super::client::{describe, only_duplicates, sleep_or_stop, Backoff, OP_TIMEOUT};
 use super::health::Health;
+use super::recheck::{self, Tail};
 use super::MongoConfig;
 use crate::frame::Frame;
 use crate::journal::{Cursor, Journal};
@@ -48,7 +52,23 @@ pub(super) async fn sync(
     let mut acked = cursor.acked();
     let mut indexes_ok = ensure_indexes(&coll, health, shutdown).await;
     let mut index_retry = Instant::now() + INDEX_RETRY;
+    let window = recheck::window(batch_max);
+    // At start and after every failure, before anything else is sent.
+    let mut recheck_due = true;
     loop {
+        if recheck_due {
+            let tail = Tail {
+                coll: &coll,
+                journal,
+                cursor,
+                health,
+            };
+            let Some(from) = tail.recheck(acked, window, &mut backoff, shutdown).await else {
+                return;
+            };
+            acked = from;
+            recheck_due = false;
+        }
         let Some((batch, durable)) =
             next_batch(journal, acked, batch_max, batch_wait, shutdown).await
         else {
@@ -67,26 +87,26 @@ pub(super) async fn sync(
             continue;
         };
         let docs: Vec<Document> = batch.iter().map(Frame::to_document).collect();
-        loop {
-            match insert(&coll, &docs, shutdown).await {
-                Attempt::Delivered { duplicates } => {
-                    if duplicates > 0 {
-                        tracing::debug!(
-                            duplicates,
-                            first_seq = batch[0].seq,
-                            last_seq = last,
-                            "documents already in MongoDB (replayed batch)"
-                        );
-                    }
-                    break;
+        match insert(&coll, &docs, shutdown).await {
+            Attempt::Delivered { duplicates } => {
+                if duplicates > 0 {
+                    tracing::debug!(
+                        duplicates,
+                        first_seq = batch[0].seq,
+                        last_seq = last,
+                        "documents already in MongoDB (replayed batch)"
+                    );
                 }
-                Attempt::Abandoned => return,
-                Attempt::Failed(e) => {
-                    health.failed(&e);
-                    if !sleep_or_stop(backoff.delay(), shutdown).await {
-                        return;
-                    }
+            }
+            Attempt::Abandoned => return,
+            Attempt::Failed(e) => {
+                // The same frames are read again after the re-check.
+                health.failed(&e);
+                recheck_due = true;
+                if !sleep_or_stop(backoff.delay(), shutdown).await {
+                    return;
                 }
+                continue;
             }
         }
         backoff.reset();

@@ -120,8 +120,20 @@ impl Health {
 
     /// The cursor stepped over seqs that hold no frame (nothing was sent).
     pub(super) fn skipped_to(&self, seq: u64) {
+        self.moved_to(seq, 0);
+    }
+
+    /// The cursor went back to `seq` to re-send `lost` frames the server no longer has.
+    pub(super) fn rewound_to(&self, seq: u64, lost: u64) {
+        self.moved_to(seq, lost);
+    }
+
+    fn moved_to(&self, seq: u64, resent: u64) {
         self.acked.store(seq, SeqCst);
-        self.slot.update(|s| s.acked_seq = seq);
+        self.slot.update(|s| {
+            s.acked_seq = seq;
+            s.resent += resent;
+        });
         self.refresh();
     }
 
