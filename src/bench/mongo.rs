@@ -232,8 +232,10 @@ async fn drain(
         t0.elapsed().as_secs_f64()
     );
 
-    // 2. Raw: the same documents straight into a collection with the same indexes.
+    // 2. Raw: the same documents straight into a collection with the same indexes, under
+    // the sink's write concern (`majority`, `j: true`).
     let raw = c.database(db).collection::<Document>("raw_frames");
+    let wc = MongoConfig::with_uri(uri.to_string()).write_concern();
     raw.create_indexes(frames_indexes()).await?;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Document>>(4);
     let j = journal.clone();
@@ -256,7 +258,10 @@ async fn drain(
     let mut raw_n = 0u64;
     while let Some(docs) = rx.recv().await {
         raw_n += docs.len() as u64;
-        raw.insert_many(&docs).ordered(false).await?;
+        raw.insert_many(&docs)
+            .ordered(false)
+            .write_concern(wc.clone())
+            .await?;
     }
     let raw_s = t0.elapsed().as_secs_f64();
     let _ = producer.join();

@@ -189,8 +189,7 @@ impl Conn {
     pub fn broadcast(&self, wire: &Bytes) {
         let mut st = self.state();
         if !st.closed {
-            st.push(wire.clone(), Kind::Broadcast, None);
-            self.settle(&mut st);
+            self.enqueue(&mut st, wire.clone(), Kind::Broadcast);
         }
     }
 
@@ -201,8 +200,7 @@ impl Conn {
         if st.closed || st.queued - st.done > REPLY_BYTES_MAX as u64 {
             return;
         }
-        st.push(wire, Kind::Reply, None);
-        self.settle(&mut st);
+        self.enqueue(&mut st, wire, Kind::Reply);
     }
 
     /// Session: queue a reply (after `f` changed the state, under the same lock, so no live
@@ -219,21 +217,14 @@ impl Conn {
             if st.closed {
                 return Err(Stuck::Gone);
             }
-            st.push(wire, Kind::Reply, None);
-            self.settle(&mut st);
-            st.queued
+            self.enqueue(&mut st, wire, Kind::Reply)
         };
         self.written_up_to(end, timeout).await
     }
 
     /// Session: queue a replayed journal frame and wait until it is written.
     pub async fn replayed(&self, seq: u64, wire: Bytes, timeout: Duration) -> Result<(), Stuck> {
-        let end = {
-            let mut st = self.state();
-            st.push(wire, Kind::Frame(seq), None);
-            self.settle(&mut st);
-            st.queued
-        };
+        let end = self.enqueue(&mut self.state(), wire, Kind::Frame(seq));
         self.written_up_to(end, timeout).await
     }
 
@@ -248,8 +239,7 @@ impl Conn {
         let end = {
             let mut st = self.state();
             if let Some(w) = wire.filter(|_| !st.closed) {
-                st.push(w, Kind::Reply, None);
-                self.settle(&mut st);
+                self.enqueue(&mut st, w, Kind::Reply);
             }
             st.closed = true;
             st.queued
@@ -282,6 +272,13 @@ impl Conn {
                 Err(_) => return Err(Stuck::NotReading),
             }
         }
+    }
+
+    /// Queue one message, write what the socket takes; the byte count to wait for.
+    fn enqueue(&self, st: &mut State, wire: Bytes, kind: Kind) -> u64 {
+        st.push(wire, kind, None);
+        self.settle(st);
+        st.queued
     }
 
     /// Write what the socket takes; on a backlog keep the queue bounded and wake the session.

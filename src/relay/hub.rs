@@ -219,8 +219,7 @@ impl Hub {
     /// burst, straight from this task; a client whose socket is full gets it queued.
     fn publish(&self, burst: &mut Vec<Arc<LiveFrame>>) {
         self.published.fetch_add(burst.len() as u64, Relaxed);
-        let conns = Arc::clone(&lock(&self.fanout));
-        for c in conns.iter() {
+        for c in self.conns().iter() {
             c.deliver(burst);
         }
         burst.clear();
@@ -252,8 +251,7 @@ impl Hub {
     /// Relay a `broadcast` message to every client.
     pub fn broadcast(&self, text: String) {
         let wire = text_frame(text);
-        let conns = Arc::clone(&lock(&self.fanout));
-        for c in conns.iter() {
+        for c in self.conns().iter() {
             c.broadcast(&wire);
         }
     }
@@ -271,6 +269,11 @@ impl Hub {
         clients.insert(id, (info, conn));
         self.refresh_fanout(&clients);
         id
+    }
+
+    /// The connections now registered (a snapshot: the lock is not held while writing).
+    fn conns(&self) -> Arc<[Arc<Conn>]> {
+        Arc::clone(&lock(&self.fanout))
     }
 
     fn refresh_fanout(&self, clients: &BTreeMap<u64, (ClientInfo, Arc<Conn>)>) {
