@@ -24,6 +24,9 @@ const WINDOW_BATCHES: u64 = 20;
 /// …but never more than this many frames.
 const WINDOW_MAX: u64 = 50_000;
 
+/// The server's "not authorized" code.
+const UNAUTHORIZED: i32 = 13;
+
 /// What a re-check found.
 #[derive(Debug, PartialEq, Eq)]
 enum Recheck {
@@ -31,7 +34,7 @@ enum Recheck {
     Complete,
     /// `count` frames are missing, the first at seq `first`.
     Missing { first: u64, count: usize },
-    /// The server answered but refused the query (e.g. a user allowed to insert but not to
+    /// The server refused the query as not authorized (a user allowed to insert but not to
     /// read): nothing to re-check with; the reason.
     Refused(String),
 }
@@ -72,7 +75,7 @@ async fn check(
     };
     let have = match tokio::time::timeout(OP_TIMEOUT, query).await {
         Ok(Ok(have)) => have,
-        Ok(Err(e)) if matches!(*e.kind, ErrorKind::Command(_)) => {
+        Ok(Err(e)) if matches!(&*e.kind, ErrorKind::Command(c) if c.code == UNAUTHORIZED) => {
             return Ok(Recheck::Refused(describe(&e)))
         }
         Ok(Err(e)) => return Err(describe(&e)),
