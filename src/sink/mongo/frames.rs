@@ -55,6 +55,8 @@ pub(super) async fn sync(
     let window = recheck::window(batch_max);
     // At start and after every failure, before anything else is sent.
     let mut recheck_due = true;
+    // The batch after the one in flight, being read.
+    let mut ahead: Option<tokio::task::JoinHandle<Batch>> = None;
     loop {
         if recheck_due {
             let tail = Tail {
@@ -69,14 +71,20 @@ pub(super) async fn sync(
             acked = from;
             recheck_due = false;
         }
-        let Some((batch, durable)) =
-            next_batch(journal, acked, batch_max, batch_wait, shutdown).await
-        else {
-            return;
+        let batch = match ahead.take() {
+            Some(read) => match read.await {
+                Ok(b) => b,
+                Err(_) => return,
+            },
+            None => match next_batch(journal, acked, batch_max, batch_wait, shutdown).await {
+                Some(b) => b,
+                None => return,
+            },
         };
-        let Some(last) = batch.last().map(|f| f.seq) else {
+        let Some((first, last)) = batch.seqs else {
             // Seqs up to `durable` exist but no frame above `acked` does: a seq-lease gap
             // after a crash, or evicted frames. Step over them so lag reads true.
+            let durable = batch.durable;
             if durable > acked {
                 if let Err(e) = cursor.ack(durable) {
                     tracing::error!(error = %e, seq = durable, "cannot record the mongo cursor");
@@ -86,17 +94,23 @@ pub(super) async fn sync(
             }
             continue;
         };
-        let docs: Vec<Document> = batch.iter().map(Frame::to_document).collect();
-        match insert(&coll, &docs, shutdown).await {
+        // Catching up (a full batch already durable behind this one): read and encode the
+        // next batch while this one is in flight.
+        let next = (journal.durable_seq() >= last + batch_max as u64).then(|| {
+            let j = journal.clone();
+            tokio::task::spawn_blocking(move || Batch::read(&j, last, batch_max))
+        });
+        match insert(&coll, &batch.docs, shutdown).await {
             Attempt::Delivered { duplicates } => {
                 if duplicates > 0 {
                     tracing::debug!(
                         duplicates,
-                        first_seq = batch[0].seq,
+                        first_seq = first,
                         last_seq = last,
                         "documents already in MongoDB (replayed batch)"
                     );
                 }
+                ahead = next;
             }
             Attempt::Abandoned => return,
             Attempt::Failed(e) => {
@@ -115,7 +129,7 @@ pub(super) async fn sync(
             tracing::error!(error = %e, seq = last, "cannot record the mongo cursor");
         }
         acked = last;
-        health.delivered(last, batch.len() as u64);
+        health.delivered(last, batch.docs.len() as u64);
         if !indexes_ok && Instant::now() >= index_retry {
             index_retry = Instant::now() + INDEX_RETRY;
             indexes_ok = ensure_indexes(&coll, health, shutdown).await;
@@ -123,16 +137,41 @@ pub(super) async fn sync(
     }
 }
 
+/// Durable frames read from the journal, as documents.
+struct Batch {
+    /// First and last seq; `None` when no frame above the read position is durable.
+    seqs: Option<(u64, u64)>,
+    docs: Vec<Document>,
+    /// The durable seq the frames were read under.
+    durable: u64,
+}
+
+impl Batch {
+    /// Up to `max` durable frames after `after` (blocking: a journal read).
+    fn read(journal: &Journal, after: u64, max: usize) -> Batch {
+        let durable = journal.durable_seq();
+        let mut frames = journal.range(after + 1, max);
+        frames.retain(|f| f.seq <= durable);
+        Batch {
+            seqs: frames
+                .first()
+                .zip(frames.last())
+                .map(|(a, b)| (a.seq, b.seq)),
+            docs: frames.iter().map(Frame::to_document).collect(),
+            durable,
+        }
+    }
+}
+
 /// Wait for durable frames after `acked`, up to `max` of them: at once if a full batch is
-/// waiting, else up to `wait` for one to fill. Returns them with the durable seq they were
-/// read under; `None` on shutdown or a closed journal.
+/// waiting, else up to `wait` for one to fill. `None` on shutdown or a closed journal.
 async fn next_batch(
     journal: &Journal,
     acked: u64,
     max: usize,
     wait: Duration,
     shutdown: &CancellationToken,
-) -> Option<(Vec<Frame>, u64)> {
+) -> Option<Batch> {
     tokio::select! {
         _ = shutdown.cancelled() => return None,
         r = journal.wait_durable(acked + 1) => { r.ok()?; }
@@ -144,13 +183,10 @@ async fn next_batch(
             _ = tokio::time::timeout(wait, journal.wait_durable(full)) => {}
         }
     }
-    let durable = journal.durable_seq();
     let j = journal.clone();
-    let mut frames = tokio::task::spawn_blocking(move || j.range(acked + 1, max))
+    tokio::task::spawn_blocking(move || Batch::read(&j, acked, max))
         .await
-        .ok()?;
-    frames.retain(|f| f.seq <= durable);
-    Some((frames, durable))
+        .ok()
 }
 
 /// One `insert_many` of the batch; in-flight writes get a short grace after shutdown.

@@ -100,9 +100,9 @@ pub(super) struct Tail<'a> {
 }
 
 impl Tail<'_> {
-    /// Re-send what the server acknowledged and then lost (see the module doc): returns the seq
-    /// to continue after — `acked`, or one before the first lost frame; `None` on shutdown.
-    /// Retries with backoff while the server is unreachable.
+    /// Re-send what the server acknowledged and then lost (see the module doc): returns
+    /// the seq to continue after — `acked`, or one before the first lost frame; `None` on
+    /// shutdown. Retries with backoff while the server is unreachable.
     pub(super) async fn recheck(
         &self,
         acked: u64,
@@ -130,12 +130,20 @@ impl Tail<'_> {
                 _ = shutdown.cancelled() => return None,
                 r = check(self.coll, &gateways, &seqs) => r,
             };
-            match r {
-                Ok(Recheck::Complete) => {
-                    self.health.reachable();
-                    return Some(acked);
+            let found = match r {
+                Ok(found) => found,
+                Err(e) => {
+                    self.health.failed(&e);
+                    if !sleep_or_stop(backoff.delay(), shutdown).await {
+                        return None;
+                    }
+                    continue;
                 }
-                Ok(Recheck::Missing { first, count }) => {
+            };
+            self.health.reachable();
+            return Some(match found {
+                Recheck::Complete => acked,
+                Recheck::Missing { first, count } => {
                     tracing::warn!(
                         first_seq = first,
                         missing = count,
@@ -147,26 +155,18 @@ impl Tail<'_> {
                     if let Err(e) = self.cursor.ack(to) {
                         tracing::error!(error = %e, seq = to, "cannot record the mongo cursor");
                     }
-                    self.health.reachable();
                     self.health.rewound_to(to, count as u64);
-                    return Some(to);
+                    to
                 }
-                Ok(Recheck::Refused(e)) => {
+                Recheck::Refused(e) => {
                     tracing::warn!(
                         error = %e,
                         "cannot re-check acknowledged frames (the server refused the query); \
                          continuing without"
                     );
-                    self.health.reachable();
-                    return Some(acked);
+                    acked
                 }
-                Err(e) => {
-                    self.health.failed(&e);
-                    if !sleep_or_stop(backoff.delay(), shutdown).await {
-                        return None;
-                    }
-                }
-            }
+            });
         }
     }
 }
