@@ -6,6 +6,7 @@
 
 use crate::api::AppState;
 use crate::relay::latency::BOUNDS_US;
+use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -36,6 +37,21 @@ impl Out {
     fn one(&mut self, name: &str, kind: &str, help: &str, v: impl std::fmt::Display) {
         self.head(name, kind, help);
         self.val(name, &[], v);
+    }
+    /// One family with a sample per component, labelled `key="<its name>"`.
+    fn each<S, V: std::fmt::Display>(
+        &mut self,
+        name: &str,
+        kind: &str,
+        help: &str,
+        rows: &BTreeMap<String, S>,
+        key: &str,
+        v: impl Fn(&S) -> V,
+    ) {
+        self.head(name, kind, help);
+        for (n, s) in rows {
+            self.val(name, &[(key, n)], v(s));
+        }
     }
 }
 
@@ -123,80 +139,64 @@ pub fn render(st: &AppState) -> String {
             s.frames,
         );
     }
-    o.head(
+    o.each(
         "fieldgate_frames_invalid_total",
         "counter",
         "Input rejected per source.",
+        &sources,
+        "source",
+        |s| s.invalid,
     );
-    for (name, s) in &sources {
-        o.val(
-            "fieldgate_frames_invalid_total",
-            &[("source", name)],
-            s.invalid,
-        );
-    }
-    o.head(
+    o.each(
         "fieldgate_source_up",
         "gauge",
         "1 when the source is running.",
+        &sources,
+        "source",
+        |s| u8::from(s.state == "running"),
     );
-    for (name, s) in &sources {
-        o.val(
-            "fieldgate_source_up",
-            &[("source", name)],
-            u8::from(s.state == "running"),
-        );
-    }
 
     let sinks = st.sinks.snapshot();
-    o.head(
+    o.each(
         "fieldgate_sink_acked_seq",
         "gauge",
         "Last seq the sink's destination acknowledged.",
+        &sinks,
+        "sink",
+        |s| s.acked_seq,
     );
-    for (name, s) in &sinks {
-        o.val("fieldgate_sink_acked_seq", &[("sink", name)], s.acked_seq);
-    }
-    o.head(
+    o.each(
         "fieldgate_sink_resent_total",
         "counter",
         "Frames sent again because the destination lost them after acknowledging them.",
+        &sinks,
+        "sink",
+        |s| s.resent,
     );
-    for (name, s) in &sinks {
-        o.val("fieldgate_sink_resent_total", &[("sink", name)], s.resent);
-    }
-    o.head(
+    o.each(
         "fieldgate_sink_lag_frames",
         "gauge",
         "Frames not yet acknowledged.",
+        &sinks,
+        "sink",
+        |s| s.lag,
     );
-    for (name, s) in &sinks {
-        o.val("fieldgate_sink_lag_frames", &[("sink", name)], s.lag);
-    }
-    o.head(
+    o.each(
         "fieldgate_sink_lag_seconds",
         "gauge",
         "Age of the oldest unacknowledged frame.",
+        &sinks,
+        "sink",
+        |s| s.lag_seconds,
     );
-    for (name, s) in &sinks {
-        o.val(
-            "fieldgate_sink_lag_seconds",
-            &[("sink", name)],
-            s.lag_seconds,
-        );
-    }
-    o.head(
+    o.each(
         "fieldgate_sink_online",
         "gauge",
         "1 when the sink's destination is reachable.",
+        &sinks,
+        "sink",
+        |s| u8::from(s.state == "online"),
     );
-    for (name, s) in &sinks {
-        o.val(
-            "fieldgate_sink_online",
-            &[("sink", name)],
-            u8::from(s.state == "online"),
-        );
-    }
 
     let clients = st.hub.clients();
     o.one(

@@ -101,10 +101,11 @@ impl Rig {
         self.journal.close().expect("close");
     }
 
-    fn append(&self, range: std::ops::Range<u64>) {
+    /// Journal `frame(i)` for each `i`; the seqs they got.
+    fn append(&self, range: std::ops::Range<u64>) -> std::ops::RangeInclusive<u64> {
         self.journal
             .append_many(range.map(frame).collect())
-            .expect("append");
+            .expect("append")
     }
 }
 
@@ -125,10 +126,7 @@ fn replayed_documents_are_delivered_not_errors() {
     let server = MongoServer::start();
     let db = unique_db("replay");
     let mut rig = Rig::new();
-    let seqs = rig
-        .journal
-        .append_many((0..300).map(frame).collect())
-        .expect("append");
+    let seqs = rig.append(0..300);
     assert_eq!(*seqs.end(), 300);
     block(rig.journal.flush()).expect("flush");
     // A previous run (or another replay) already wrote some of these documents: every
@@ -153,9 +151,7 @@ fn replayed_documents_are_delivered_not_errors() {
     assert!(pre_n > 80);
 
     // New frames after the replay keep flowing.
-    rig.journal
-        .append_many((300..350).map(frame).collect())
-        .expect("append");
+    rig.append(300..350);
     rig.until("new frames acked", |s| s.acked_seq == 350);
     assert_exactly_once(&server, &db, GATEWAY, 350);
     rig.stop();

@@ -86,9 +86,7 @@ pub(super) async fn sync(
             // after a crash, or evicted frames. Step over them so lag reads true.
             let durable = batch.durable;
             if durable > acked {
-                if let Err(e) = cursor.ack(durable) {
-                    tracing::error!(error = %e, seq = durable, "cannot record the mongo cursor");
-                }
+                record(cursor, durable);
                 acked = durable;
                 health.skipped_to(durable);
             }
@@ -124,16 +122,21 @@ pub(super) async fn sync(
             }
         }
         backoff.reset();
-        if let Err(e) = cursor.ack(last) {
-            // The documents are in MongoDB; a lost ack only means a harmless replay.
-            tracing::error!(error = %e, seq = last, "cannot record the mongo cursor");
-        }
+        record(cursor, last);
         acked = last;
         health.delivered(last, batch.docs.len() as u64);
         if !indexes_ok && Instant::now() >= index_retry {
             index_retry = Instant::now() + INDEX_RETRY;
             indexes_ok = ensure_indexes(&coll, health, shutdown).await;
         }
+    }
+}
+
+/// Move the cursor to `seq`. A failure is logged, not fatal: the cursor only decides what
+/// is sent again after a restart, and a re-sent frame meets a duplicate-key error.
+pub(super) fn record(cursor: &Cursor, seq: u64) {
+    if let Err(e) = cursor.ack(seq) {
+        tracing::error!(error = %e, seq, "cannot record the mongo cursor");
     }
 }
 

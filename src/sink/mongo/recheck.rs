@@ -152,9 +152,7 @@ impl Tail<'_> {
                          rollback); sending them again"
                     );
                     let to = first - 1;
-                    if let Err(e) = self.cursor.ack(to) {
-                        tracing::error!(error = %e, seq = to, "cannot record the mongo cursor");
-                    }
+                    super::frames::record(self.cursor, to);
                     self.health.rewound_to(to, count as u64);
                     to
                 }
