@@ -39,6 +39,11 @@ pub struct LiveFrame {
 }
 
 impl LiveFrame {
+    /// A frame's `frame` message as a server WebSocket text frame.
+    pub fn encode(f: &Frame) -> Bytes {
+        text_frame(super::tmd("frame", "", f))
+    }
+
     /// Encode a frame once for all clients.
     pub fn new(f: &Frame, appended: Option<Instant>) -> Self {
         LiveFrame {
@@ -46,7 +51,7 @@ impl LiveFrame {
             device: f.device.clone(),
             vehicle: f.vehicle.clone(),
             kind: f.kind.clone(),
-            wire: text_frame(super::tmd("frame", "", f)),
+            wire: Self::encode(f),
             appended,
         }
     }

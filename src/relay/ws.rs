@@ -289,8 +289,9 @@ impl Session {
             .iter()
             .filter(|f| filters.matches(&f.device, f.vehicle.as_deref(), &f.kind))
         {
-            let wire = LiveFrame::new(f, None).wire;
-            self.conn.replayed(f.seq, wire, WRITE_TIMEOUT).await?;
+            self.conn
+                .replayed(f.seq, LiveFrame::encode(f), WRITE_TIMEOUT)
+                .await?;
         }
         let mut st = self.conn.state();
         if st.mode == Mode::Replay(next) {
