@@ -200,6 +200,7 @@ impl Config {
                 ),
             ));
         }
+        self.listen.validate()?;
         if let Some(m) = &self.mongo {
             m.validate("mongo")?;
         }

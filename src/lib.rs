@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod command;
 pub mod config;
 pub mod frame;
 pub mod journal;
@@ -16,4 +17,5 @@ pub mod service;
 pub mod sink;
 pub mod source;
 pub mod sync;
+pub mod tls;
 pub mod units;

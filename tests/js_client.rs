@@ -24,7 +24,7 @@ fn node_client_tests_pass_against_the_gateway() {
     );
     assert!(out.status.success(), "node --test failed:\n{text}");
     assert!(
-        text.contains("pass 3"),
-        "expected 3 passing node tests:\n{text}"
+        text.contains("pass 4"),
+        "expected 4 passing node tests:\n{text}"
     );
 }

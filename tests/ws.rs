@@ -245,7 +245,7 @@ fn filters_ping_broadcast_command_and_bad_messages() {
             reply["message"]
                 .as_str()
                 .unwrap_or("")
-                .contains("no command route"),
+                .contains("takes no commands"),
             "{reply}"
         );
         let audit_seq = reply["data"]["audit_seq"].as_u64().expect("audited");

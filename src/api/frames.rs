@@ -1,7 +1,6 @@
 //! `GET /api/frames`: query the journal — recent history while the uplink is down.
 
-use super::{ApiError, AppState, Auth};
-use crate::auth::Scope;
+use super::{scope, ApiError, AppState, Scoped};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::Json;
@@ -32,18 +31,17 @@ pub struct FrameQuery {
     pub until: Option<i64>,
     /// Most frames to return (default 100, at most 10,000).
     pub limit: Option<usize>,
-    /// The key, for browsers (already checked by `Auth`).
+    /// The key, for browsers (already checked by `Scoped`).
     #[serde(rename = "api_key")]
     pub _api_key: Option<String>,
 }
 
 /// `GET /api/frames`.
 pub async fn query(
-    auth: Auth,
+    _: Scoped<scope::Read>,
     State(st): State<AppState>,
     q: Result<Query<FrameQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    auth.require(Scope::Read)?;
     let Query(q) = q.map_err(|e| ApiError::invalid(e.body_text()))?;
     let limit = q.limit.unwrap_or(100);
     if limit == 0 || limit > MAX_LIMIT {

@@ -3,8 +3,7 @@
 //! Both registries are the same code over a [`Record`] type: JSON records keyed by id in a
 //! sled tree (which the MongoDB sink mirrors), and a live view derived from frames.
 
-use super::{ApiError, ApiJson, AppState, Auth};
-use crate::auth::Scope;
+use super::{scope, ApiError, ApiJson, AppState, Scoped};
 use crate::relay::hub::Hub;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -160,8 +159,10 @@ fn store<R: Record>(t: &sled::Tree, r: &R) -> Result<(), ApiError> {
     Ok(())
 }
 
-async fn list<R: Record>(auth: Auth, State(st): State<AppState>) -> Result<Json<Value>, ApiError> {
-    auth.require(Scope::Read)?;
+async fn list<R: Record>(
+    _: Scoped<scope::Read>,
+    State(st): State<AppState>,
+) -> Result<Json<Value>, ApiError> {
     let t = tree::<R>(&st)?;
     let mut out = Vec::new();
     for item in t.iter() {
@@ -175,22 +176,20 @@ async fn list<R: Record>(auth: Auth, State(st): State<AppState>) -> Result<Json<
 }
 
 async fn get_one<R: Record>(
-    auth: Auth,
+    _: Scoped<scope::Read>,
     State(st): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    auth.require(Scope::Read)?;
     let r: R = load(&tree::<R>(&st)?, &id)?
         .ok_or_else(|| ApiError::not_found(format!("no {} {id:?}", R::NOUN)))?;
     Ok(Json(with_live(&st.hub, &r)))
 }
 
 async fn create<R: Record>(
-    auth: Auth,
+    auth: Scoped<scope::Write>,
     State(st): State<AppState>,
     ApiJson(r): ApiJson<R>,
 ) -> Result<Response, ApiError> {
-    auth.require(Scope::Write)?;
     r.validate()?;
     let t = tree::<R>(&st)?;
     let bytes = serde_json::to_vec(&r).map_err(ApiError::internal)?;
@@ -210,12 +209,11 @@ async fn create<R: Record>(
 }
 
 async fn replace<R: Record>(
-    auth: Auth,
+    auth: Scoped<scope::Write>,
     State(st): State<AppState>,
     Path(id): Path<String>,
     ApiJson(mut r): ApiJson<R>,
 ) -> Result<Json<Value>, ApiError> {
-    auth.require(Scope::Write)?;
     if !r.id().is_empty() && r.id() != id {
         return Err(ApiError::invalid(format!(
             "id: body says {:?} but the path says {id:?}",
@@ -230,11 +228,10 @@ async fn replace<R: Record>(
 }
 
 async fn remove<R: Record>(
-    auth: Auth,
+    auth: Scoped<scope::Write>,
     State(st): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    auth.require(Scope::Write)?;
     let t = tree::<R>(&st)?;
     let old = t.remove(id.as_bytes()).map_err(ApiError::internal)?;
     if old.is_none() {

@@ -11,6 +11,7 @@
 //! switches back to journal replay so it still gets every frame).
 
 use super::latency::LatencyHistogram;
+use super::socket::WriteHalf;
 use super::ws::Filters;
 use crate::sync::lock;
 use bytes::Bytes;
@@ -20,7 +21,6 @@ use std::io::{self, IoSlice};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::{CloseFrame, Frame};
@@ -121,7 +121,7 @@ pub enum Stuck {
 
 /// One client's socket and delivery state.
 pub struct Conn {
-    io: OwnedWriteHalf,
+    io: WriteHalf,
     state: Mutex<State>,
     /// Wakes the session: a backlog to drain, a mode change or a close request.
     pub wake: Notify,
@@ -134,7 +134,7 @@ pub struct Conn {
 
 impl Conn {
     /// A connection writing to `io`, live with no filters.
-    pub fn new(io: OwnedWriteHalf, latency: Arc<LatencyHistogram>) -> Self {
+    pub fn new(io: WriteHalf, latency: Arc<LatencyHistogram>) -> Self {
         Conn {
             io,
             state: Mutex::new(State {
@@ -448,7 +448,7 @@ mod tests {
             .expect("connect");
         let (peer, _) = l.accept().await.expect("accept");
         let (_rd, wr) = ours.into_split();
-        let conn = Conn::new(wr, Arc::default());
+        let conn = Conn::new(wr.into(), Arc::default());
         conn.state().mode = Mode::Live;
         (peer, conn)
     }

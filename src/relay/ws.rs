@@ -7,8 +7,10 @@
 
 use super::conn::{close_frame, text_frame, Conn, Mode, Stuck};
 use super::hub::{ClientInfo, Hub, LiveFrame};
+use super::socket::{self, ReadHalf};
 use super::tmd;
 use crate::auth::{KeyInfo, Scope};
+use crate::command::{CommandRoutes, RouteError};
 use crate::frame::Frame;
 use crate::journal::Journal;
 use bytes::Bytes;
@@ -21,8 +23,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::tcp::OwnedReadHalf;
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
@@ -48,6 +48,8 @@ pub struct SessionCtx {
     pub journal: Journal,
     /// The live hub.
     pub hub: Arc<Hub>,
+    /// Where `command`s go.
+    pub commands: CommandRoutes,
     /// Fires on shutdown.
     pub shutdown: CancellationToken,
 }
@@ -91,11 +93,13 @@ struct Incoming {
     data: Value,
 }
 
-/// A command for a device.
+/// A command for a device (`source` picks one when several sources route the device).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Command {
     device: String,
+    #[serde(default)]
+    source: Option<String>,
     payload: Value,
 }
 
@@ -119,7 +123,7 @@ impl From<Stuck> for End {
 /// what the WebSocket layer writes by itself (pongs, the close reply) joins the `Conn`'s
 /// queue, in order with everything else.
 struct ReadSide {
-    rd: OwnedReadHalf,
+    rd: ReadHalf,
     conn: Arc<Conn>,
 }
 
@@ -165,7 +169,13 @@ struct Session {
 
 /// Run a session on an upgraded connection (`read_buf`: bytes already read past the
 /// handshake) until the client leaves or the gateway stops.
-pub async fn run(io: TcpStream, read_buf: Bytes, ctx: SessionCtx, key: KeyInfo, info: ClientInfo) {
+pub async fn run(
+    io: socket::Socket,
+    read_buf: Bytes,
+    ctx: SessionCtx,
+    key: KeyInfo,
+    info: ClientInfo,
+) {
     let name = info.name.clone();
     let addr = info.address;
     let (rd, wr) = io.into_split();
@@ -392,27 +402,42 @@ impl Session {
         }
     }
 
-    /// Route a command to its device and audit it in the log and the journal.
+    /// Route a command to its device and audit it in the log and the journal (refusals
+    /// too, except for a device id that is not a valid id: nothing is journaled under it).
     fn command(&self, cmd: Command) -> String {
-        let routed = self.ctx.hub.route_command(&cmd.device, cmd.payload.clone());
+        let routed =
+            self.ctx
+                .commands
+                .send(cmd.source.as_deref(), &cmd.device, cmd.payload.clone());
+        if let Err(e @ RouteError::BadId(_)) = &routed {
+            tracing::debug!(by = %self.key.name, "command for an invalid device id refused");
+            return tmd("error", &e.to_string(), Value::Null);
+        }
+        let error = routed.as_ref().err().map(ToString::to_string);
+        let source = routed.as_ref().ok().or(cmd.source.as_ref());
         let mut audit = Frame::new(
             &self.ctx.gateway,
             "api:ws",
             &cmd.device,
             "command",
             json!({"by": self.key.name, "key_id": self.key.id, "payload": cmd.payload,
-                   "routed": routed.is_ok(), "error": routed.as_ref().err()}),
+                   "source": source, "routed": routed.is_ok(), "error": error}),
         );
         audit.vehicle = None;
         let seq = self.ctx.journal.append(audit).ok();
-        tracing::info!(device = %cmd.device, by = %self.key.name, ?seq, routed = routed.is_ok(), "command audited");
+        tracing::info!(device = %cmd.device, source = ?source, by = %self.key.name, ?seq,
+            routed = routed.is_ok(), "command audited");
         match routed {
-            Ok(()) => tmd(
+            Ok(source) => tmd(
                 "command",
                 "sent",
+                json!({"device": cmd.device, "source": source, "audit_seq": seq}),
+            ),
+            Err(e) => tmd(
+                "error",
+                &e.to_string(),
                 json!({"device": cmd.device, "audit_seq": seq}),
             ),
-            Err(e) => tmd("error", &e, json!({"device": cmd.device, "audit_seq": seq})),
         }
     }
 }

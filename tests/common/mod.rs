@@ -255,10 +255,15 @@ pub struct Keys {
 
 /// A `fieldgate run` with a simulated vehicle (`interval_ms`) and one key per scope.
 pub fn keyed_gateway(dir: &Path, interval_ms: u64) -> (Gateway, Keys) {
+    keyed_gateway_with(dir, interval_ms, "")
+}
+
+/// [`keyed_gateway`] with more `[listen]` lines (limits, TLS, CORS).
+pub fn keyed_gateway_with(dir: &Path, interval_ms: u64, listen: &str) -> (Gateway, Keys) {
     let port = free_port();
     let cfg = dir.join("gateway.toml");
     let text = format!(
-        "[gateway]\nid = \"gw-test\"\n[journal]\npath = \"{}\"\nflush_ms = 5\n[listen]\naddress = \"127.0.0.1:{port}\"\n[[sources.sim]]\nname = \"sim\"\nvehicle = \"van-1\"\ninterval_ms = {interval_ms}\n",
+        "[gateway]\nid = \"gw-test\"\n[journal]\npath = \"{}\"\nflush_ms = 5\n[listen]\naddress = \"127.0.0.1:{port}\"\n{listen}\n[[sources.sim]]\nname = \"sim\"\nvehicle = \"van-1\"\ninterval_ms = {interval_ms}\n",
         dir.join("journal").display()
     );
     std::fs::write(&cfg, text).expect("write config");
@@ -322,6 +327,40 @@ pub async fn http_async(
         code,
         serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
     )
+}
+
+/// Blocking request with extra headers; returns (status, headers, body text).
+pub fn http_full(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> (u16, reqwest::header::HeaderMap, String) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    rt.block_on(async {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut req = reqwest::Client::new()
+            .request(m, url)
+            .timeout(Duration::from_secs(10));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = req
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+        let code = resp.status().as_u16();
+        let h = resp.headers().clone();
+        (code, h, resp.text().await.unwrap_or_default())
+    })
+}
+
+/// Blocking GET with a key; returns (status, body text).
+pub fn http_text(url: &str, key: &str) -> (u16, String) {
+    let (code, _, body) = http_full("GET", url, &[("x-api-key", key)]);
+    (code, body)
 }
 
 /// A WebSocket client connection.
