@@ -59,18 +59,23 @@ pub fn run(cmd: TlsCmd) -> anyhow::Result<()> {
             .map(|d| d.join(name))
     };
     let listen = cfg.as_ref().map(|c| &c.listen);
-    let cert = a
-        .cert
-        .clone()
-        .or_else(|| listen.and_then(|l| l.tls_cert.clone()))
-        .or_else(|| beside("fieldgate.crt"))
-        .context("where to write: give --config FILE (or --cert and --key)")?;
-    let key = a
-        .key
-        .clone()
-        .or_else(|| listen.and_then(|l| l.tls_key.clone()))
-        .or_else(|| beside("fieldgate.key"))
-        .context("where to write: give --config FILE (or --cert and --key)")?;
+    // The flag, else the config's key, else beside the config.
+    let path = |flag: &Option<PathBuf>, configured: Option<&PathBuf>, name: &str| {
+        flag.clone()
+            .or_else(|| configured.cloned())
+            .or_else(|| beside(name))
+            .context("where to write: give --config FILE (or --cert and --key)")
+    };
+    let cert = path(
+        &a.cert,
+        listen.and_then(|l| l.tls_cert.as_ref()),
+        "fieldgate.crt",
+    )?;
+    let key = path(
+        &a.key,
+        listen.and_then(|l| l.tls_key.as_ref()),
+        "fieldgate.key",
+    )?;
     let made = fieldgate::tls::self_signed(&a.host, a.days)?;
     // The key is readable by the config file's group (the service account's), if any.
     let group = a

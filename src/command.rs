@@ -83,6 +83,17 @@ struct Route {
     commands: bool,
 }
 
+/// Refused if a source other than `source` claimed the device these routes lead to.
+fn not_owned_by_another(routes: &[Route], source: &str, device: &str) -> Result<(), Owned> {
+    match routes.iter().find(|r| r.claimed && r.source != source) {
+        Some(owner) => Err(Owned {
+            device: device.into(),
+            owner: owner.source.clone(),
+        }),
+        None => Ok(()),
+    }
+}
+
 /// The routing table, shared by the sources and the relay.
 #[derive(Clone, Default)]
 pub struct CommandRoutes(Arc<Mutex<HashMap<String, Vec<Route>>>>);
@@ -94,12 +105,7 @@ impl CommandRoutes {
     pub fn claim(&self, source: &str, device: &str, commands: bool) -> Result<(), Owned> {
         let mut table = lock(&self.0);
         let routes = table.entry(device.to_string()).or_default();
-        if let Some(owner) = routes.iter().find(|r| r.claimed && r.source != source) {
-            return Err(Owned {
-                device: device.into(),
-                owner: owner.source.clone(),
-            });
-        }
+        not_owned_by_another(routes, source, device)?;
         routes.retain(|r| r.source == source);
         match routes.first_mut() {
             Some(r) => {
@@ -126,12 +132,7 @@ impl CommandRoutes {
     ) -> Result<(), Owned> {
         let mut table = lock(&self.0);
         let routes = table.entry(device.to_string()).or_default();
-        if let Some(owner) = routes.iter().find(|r| r.claimed && r.source != source) {
-            return Err(Owned {
-                device: device.into(),
-                owner: owner.source.clone(),
-            });
-        }
+        not_owned_by_another(routes, source, device)?;
         match routes.iter_mut().find(|r| r.source == source) {
             Some(r) => {
                 r.tx = Some(tx);

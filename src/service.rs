@@ -200,8 +200,8 @@ fn raise_fd_limit(max_connections: usize) {
         }
     }
     // Journal, sources, sinks and the process itself need some descriptors too.
-    let needed = libc::rlim_t::try_from(max_connections.saturating_add(128))
-        .unwrap_or(libc::rlim_t::MAX);
+    let needed =
+        libc::rlim_t::try_from(max_connections.saturating_add(128)).unwrap_or(libc::rlim_t::MAX);
     if lim.rlim_cur < needed {
         tracing::warn!(
             open_files = lim.rlim_cur,

@@ -400,6 +400,22 @@ fn cors_lets_other_origins_call_with_a_key_and_every_response_has_security_heade
             assert!(!body.contains("localStorage") && !body.contains("innerHTML"));
         }
     }
+    // The page also names this host's ws:/wss: (for browsers before CSP level 3), but only
+    // a Host that is a plain host name: nothing from a header is pasted into the policy.
+    let (_, h, _) = common::http_full("GET", &gw.url("/"), &[]);
+    let port = gw.port;
+    assert!(
+        header(&h, "content-security-policy").contains(&format!(
+            "connect-src 'self' ws://127.0.0.1:{port} wss://127.0.0.1:{port};"
+        )),
+        "{h:?}"
+    );
+    let (_, h, _) = common::http_full("GET", &gw.url("/"), &[("host", "x; script-src *")]);
+    let csp = header(&h, "content-security-policy");
+    assert!(
+        csp.contains("connect-src 'self';") && !csp.contains('*'),
+        "{csp}"
+    );
     let (_, _, js) = common::http_full("GET", &gw.url("/ui/app.js"), &[]);
     assert!(
         !js.contains("innerHTML") && !js.contains("localStorage"),

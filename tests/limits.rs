@@ -6,19 +6,11 @@
 
 mod common;
 
-use common::keyed_gateway_with;
+use common::{keyed_gateway_with, rt};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("rt")
-}
 
 /// A TCP connection to the gateway from `from` (a 127.x.y.z address).
 async fn connect_from(from: [u8; 4], port: u16) -> TcpStream {
@@ -154,17 +146,18 @@ fn slow_heads_and_idle_keep_alive_connections_are_closed_on_their_own_clocks() {
     let (gw, k) = keyed_gateway_with(
         dir.path(),
         200,
-        "header_timeout = \"1s\"\nidle_timeout = \"4s\"",
+        "header_timeout = \"1s\"\nidle_timeout = \"6s\"",
     );
     rt().block_on(async {
-        // Silent, and a head that never ends: closed after header_timeout.
+        // Silent, and a head that never ends: closed after header_timeout (well before
+        // idle_timeout).
         let mut silent = connect_from([127, 0, 0, 1], gw.port).await;
         let mut slow = connect_from([127, 0, 0, 1], gw.port).await;
         slow.write_all(b"GET /api/status HTTP/1.1\r\nhost: gw\r\nx-api-")
             .await
             .expect("write");
         for s in [&mut silent, &mut slow] {
-            let (_, closed) = read_to_close(s, Duration::from_secs(5)).await;
+            let (_, closed) = read_to_close(s, Duration::from_secs(4)).await;
             assert!(closed, "a connection without a complete head stayed open");
         }
         // A keep-alive connection outlives header_timeout between requests...
@@ -175,7 +168,7 @@ fn slow_heads_and_idle_keep_alive_connections_are_closed_on_their_own_clocks() {
         let second = request(&mut keep, "/api/status", &k.read).await;
         assert!(second.starts_with("HTTP/1.1 200"), "{second}");
         // ...and is closed once idle for idle_timeout.
-        let (_, closed) = read_to_close(&mut keep, Duration::from_secs(10)).await;
+        let (_, closed) = read_to_close(&mut keep, Duration::from_secs(15)).await;
         assert!(closed, "an idle keep-alive connection stayed open");
     });
     let (_, metrics) = common::http_text(&gw.url("/metrics"), &k.read);

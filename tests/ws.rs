@@ -4,19 +4,11 @@
 
 mod common;
 
-use common::{http, http_async, keyed_gateway, ws_connect, ws_next, ws_next_of, ws_send};
+use common::{http, http_async, keyed_gateway, rt, ws_connect, ws_next, ws_next_of, ws_send};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("rt")
-}
 
 #[test]
 fn upgrade_auth_subprotocol_and_live_frames() {

@@ -35,9 +35,27 @@ fn asset(body: &'static str, content_type: &'static str) -> Response {
         .into_response()
 }
 
-/// The page.
-pub fn page() -> Response {
-    asset(INDEX, "text/html; charset=utf-8")
+/// The page. Browsers older than CSP level 3 (some tablets) do not count `ws:`/`wss:` of
+/// this host as `'self'`, so the page's policy also names them, from a `Host` that is a
+/// plain host name or address (anything else keeps the policy as it is).
+pub fn page(host: Option<&HeaderValue>) -> Response {
+    let mut resp = asset(INDEX, "text/html; charset=utf-8");
+    let host = host.and_then(|h| h.to_str().ok()).filter(|h| {
+        h.len() <= 255
+            && h.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+    });
+    if let Some(h) = host {
+        let csp = CSP.replace(
+            "connect-src 'self'",
+            &format!("connect-src 'self' ws://{h} wss://{h}"),
+        );
+        if let Ok(v) = HeaderValue::from_str(&csp) {
+            resp.headers_mut()
+                .insert(header::CONTENT_SECURITY_POLICY, v);
+        }
+    }
+    resp
 }
 
 /// `GET /ui/app.js`.

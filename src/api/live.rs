@@ -31,7 +31,7 @@ pub async fn root(State(st): State<AppState>, req: Request) -> Response {
     if wants_upgrade(req.headers()) {
         upgrade(st, req).await
     } else {
-        super::dashboard::page()
+        super::dashboard::page(req.headers().get(header::HOST))
     }
 }
 

@@ -17,6 +17,15 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_fieldgate")
 }
 
+/// A two-worker runtime for a test's async part.
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("rt")
+}
+
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

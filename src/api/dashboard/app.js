@@ -25,6 +25,7 @@ const $ = (id) => document.getElementById(id);
 const st = {
   key: null,
   ws: null,
+  gen: 0,               // bumped by disconnect(): work begun before it is abandoned
   stopped: true,
   retryMs: 250,
   retryTimer: null,
@@ -146,12 +147,13 @@ async function checkKey() {
 
 async function connect(key) {
   disconnect();
+  const gen = st.gen;
   st.key = key;
   st.stopped = false;
   show('error', '');
   setConn('connecting…', 'wait');
   const bad = await checkKey();
-  if (st.key !== key) return; // superseded
+  if (gen !== st.gen) return; // superseded
   if (bad && !bad.retry) {
     st.stopped = true;
     st.key = null;
@@ -165,6 +167,7 @@ async function connect(key) {
 }
 
 function disconnect() {
+  st.gen += 1;
   st.stopped = true;
   clearTimeout(st.retryTimer);
   clearInterval(st.statusTimer);
@@ -189,10 +192,11 @@ function scheduleRetry(why) {
   setConn('reconnecting…', 'wait');
   if (why) show('note', why);
   clearTimeout(st.retryTimer);
+  const gen = st.gen;
   st.retryTimer = setTimeout(async () => {
-    if (st.stopped) return;
+    if (gen !== st.gen) return;
     const bad = await checkKey();
-    if (st.stopped) return;
+    if (gen !== st.gen) return;
     if (bad && !bad.retry) {
       disconnect();
       setConn('not connected', 'off');
