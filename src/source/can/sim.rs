@@ -49,10 +49,13 @@ pub fn wire_demo(sources: &mut SourcesConfig, dir: &Path) -> Result<(), ConfigEr
     Ok(())
 }
 
+/// A message to encode: name, length, physical values by signal.
+type Message<'a> = (&'a str, usize, Vec<(&'a str, f64)>);
+
 /// The frames one sample becomes; `wheel` picks the tyre the TYRES frame reports.
 pub fn frames(db: &Database, s: &Sample, wheel: u8) -> Vec<CanFrame> {
     let gear = if s.speed_kmh < 0.5 { 0.0 } else { 3.0 };
-    let messages: [(&str, usize, Vec<(&str, f64)>); 4] = [
+    let messages: [Message; 4] = [
         (
             "ENGINE",
             8,
