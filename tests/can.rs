@@ -47,15 +47,7 @@ fn slcan_values_equal_cantools_garbage_is_skipped_and_replug_resumes() {
     ));
     let src = InProcess::start(dir.path(), "bus", "can", |ctx| can::run(cfg, ctx));
     src.wait_for(LONG, "adapter open", |s| s.state == "running");
-    let mut peer = Peer::start(
-        &[
-            "slcan",
-            &dbc.to_string_lossy(),
-            &host.to_string_lossy(),
-            "1",
-        ],
-        true,
-    );
+    let mut peer = Peer::slcan(&host, 1);
     // 60 frames with a garbage or truncated line before every sixth.
     peer.send(json!({"op": "send", "count": 60, "garbage_every": 6}));
     let mut expected = peer.until("done");
@@ -69,15 +61,7 @@ fn slcan_values_equal_cantools_garbage_is_skipped_and_replug_resumes() {
     assert!(src.state().last_error.is_some());
     let _socat = Socat::start(&dev, &host);
     src.wait_for(LONG, "running after replug", |s| s.state == "running");
-    let mut peer = Peer::start(
-        &[
-            "slcan",
-            &dbc.to_string_lossy(),
-            &host.to_string_lossy(),
-            "2",
-        ],
-        true,
-    );
+    let mut peer = Peer::slcan(&host, 2);
     peer.send(json!({"op": "send", "count": 40}));
     expected.extend(peer.until("done"));
     src.wait_for(LONG, "all 100 frames", |s| s.frames >= 100);

@@ -143,16 +143,7 @@ fn technicians_transmit_on_a_writable_bus_and_not_on_a_listen_only_one() {
     gw.status_until(LONG, |s| {
         source(s, "body")["state"] == "running" && source(s, "pt")["state"] == "running"
     });
-    let dbc = test_dbc();
-    let mut peer = Peer::start(
-        &[
-            "slcan",
-            &dbc.to_string_lossy(),
-            &host.to_string_lossy(),
-            "1",
-        ],
-        true,
-    );
+    let mut peer = Peer::slcan(&host, 1);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

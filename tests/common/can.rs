@@ -52,6 +52,18 @@ impl Peer {
         p
     }
 
+    /// python-can's SLCAN host on the pty `host`, sending random frames of the test DBC.
+    pub fn slcan(host: &Path, seed: u32) -> Peer {
+        let dbc = test_dbc();
+        let args = [
+            "slcan",
+            &dbc.to_string_lossy(),
+            &host.to_string_lossy(),
+            &seed.to_string(),
+        ];
+        Peer::start(&args.each_ref().map(|a| a.as_ref()), true)
+    }
+
     /// Next JSON line (panics when the peer ends).
     pub fn next(&mut self) -> Value {
         let mut line = String::new();

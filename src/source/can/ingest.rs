@@ -278,11 +278,7 @@ impl Ingest {
             return;
         };
         self.decoded += 1;
-        let due = self
-            .dm1_last
-            .get(&sa)
-            .is_none_or(|(last, t)| *last != dm1 || now_ms - t >= REPEAT_MS);
-        if due {
+        if repeat_due(&self.dm1_last, sa, &dm1, now_ms) {
             out.push(self.frame("dtc", dm1.payload(sa), device_ts));
             self.dm1_last.insert(sa, (dm1, now_ms));
         }
@@ -302,11 +298,7 @@ impl Ingest {
             return;
         };
         self.decoded += 1;
-        let due = self
-            .vin_last
-            .get(&sa)
-            .is_none_or(|(last, t)| *last != vin || now_ms - t >= REPEAT_MS);
-        if due {
+        if repeat_due(&self.vin_last, sa, &vin, now_ms) {
             let p = json!({"message": "VI", "pgn": fms::PGN_VI, "sa": sa,
                            "signals": {"VehicleIdentificationNumber": vin}});
             out.push(self.frame("can", p, device_ts));
@@ -359,6 +351,12 @@ impl Ingest {
         }
         s
     }
+}
+
+/// Whether a sender's DM1 or VIN is journaled: it changed, or a minute passed.
+fn repeat_due<T: PartialEq>(last: &HashMap<u8, (T, i64)>, sa: u8, value: &T, now_ms: i64) -> bool {
+    last.get(&sa)
+        .is_none_or(|(v, t)| v != value || now_ms - t >= REPEAT_MS)
 }
 
 /// A physical value as JSON: an integer where the scaling makes it one.
