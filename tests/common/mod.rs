@@ -6,7 +6,6 @@ pub mod mongo;
 pub mod mqtt;
 pub mod serial;
 
-use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -221,27 +220,6 @@ pub fn run_cli(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
-}
-
-/// Spawn the binary with piped stdout, returning the child and a line reader.
-pub fn spawn_lines(args: &[&str]) -> (Child, BufReader<std::process::ChildStdout>) {
-    let mut child = Command::new(bin())
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn fieldgate");
-    let out = child.stdout.take().expect("stdout");
-    (child, BufReader::new(out))
-}
-
-/// Read the next line from a reader, without the newline.
-pub fn next_line(r: &mut impl BufRead) -> Option<String> {
-    let mut s = String::new();
-    match r.read_line(&mut s) {
-        Ok(0) | Err(_) => None,
-        Ok(_) => Some(s.trim_end().to_string()),
-    }
 }
 
 /// API keys of a [`keyed_gateway`], one per scope set.
