@@ -111,16 +111,27 @@ impl Gateway {
         gw
     }
 
-    /// Block until /healthz answers (or panic after 20 s with the log).
+    /// Block until `GET /healthz` answers 200 (or panic after 20 s with the log).
     pub fn wait_ready(&self) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("rt");
+        let client = reqwest::Client::new();
         let t0 = Instant::now();
         while t0.elapsed() < Duration::from_secs(20) {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            let get = client
+                .get(self.url("/healthz"))
+                .timeout(Duration::from_secs(2));
+            if rt
+                .block_on(async { get.send().await })
+                .is_ok_and(|r| r.status() == 200)
+            {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("gateway did not listen; log:\n{}", self.log());
+        panic!("gateway did not answer /healthz; log:\n{}", self.log());
     }
 
     /// The gateway's stderr so far.
