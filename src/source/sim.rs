@@ -151,8 +151,8 @@ impl Vehicle {
 
     /// Advance by `dt` seconds and sample.
     pub fn step(&mut self, dt: f64) -> Sample {
-        if self.rng.gen_bool(0.02) {
-            self.target_kmh = self.rng.gen_range(0.0..70.0);
+        if self.rng.random_bool(0.02) {
+            self.target_kmh = self.rng.random_range(0.0..70.0);
         }
         let accel = (self.target_kmh - self.speed_kmh).clamp(-15.0 * dt, 8.0 * dt);
         self.speed_kmh = (self.speed_kmh + accel).max(0.0);
@@ -169,7 +169,7 @@ impl Vehicle {
         let (a, b) = (ROUTE[self.leg], ROUTE[(self.leg + 1) % ROUTE.len()]);
         let t = self.along_m / distance_m(a, b);
         self.coolant_c += (90.0 - self.coolant_c) * 0.01 * dt;
-        self.battery_v += (14.1 - self.battery_v) * 0.05 * dt + self.rng.gen_range(-0.01..0.01);
+        self.battery_v += (14.1 - self.battery_v) * 0.05 * dt + self.rng.random_range(-0.01..0.01);
         let gear_ratio = match self.speed_kmh {
             s if s < 15.0 => 110.0,
             s if s < 30.0 => 70.0,
