@@ -1,6 +1,5 @@
-//! The `fieldgate` command line: run, demo, check-config, keys, journal, bench.
+//! The `fieldgate` command line: run, demo, check-config, keys, journal, tail, tls.
 
-mod bench;
 mod certificate;
 mod tail;
 
@@ -81,11 +80,6 @@ enum Cmd {
     Tls {
         #[command(subcommand)]
         cmd: certificate::TlsCmd,
-    },
-    /// Measure performance; prints numbers.
-    Bench {
-        #[command(subcommand)]
-        cmd: bench::BenchCmd,
     },
 }
 
@@ -383,10 +377,6 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Tail(args) => {
             runtime()?.block_on(tail::run(args))?;
             Ok(ExitCode::SUCCESS)
-        }
-        Cmd::Bench { cmd } => {
-            init_logging("warn");
-            bench::run(cmd).map(|_| ExitCode::SUCCESS)
         }
     }
 }

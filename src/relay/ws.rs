@@ -101,6 +101,9 @@ struct Command {
     #[serde(default)]
     source: Option<String>,
     payload: Value,
+    /// A CAN frame to transmit (see `source::can::command`).
+    #[serde(default)]
+    can: Option<Value>,
 }
 
 /// Why a session ended (for the log).
@@ -179,7 +182,11 @@ pub async fn run(
     let name = info.name.clone();
     let addr = info.address;
     let (rd, wr) = io.into_split();
-    let conn = Arc::new(Conn::new(wr, Arc::clone(&ctx.hub.relay_latency)));
+    let conn = Arc::new(Conn::new(
+        wr,
+        Arc::clone(&ctx.hub.relay_latency),
+        Arc::clone(&ctx.hub.delivery),
+    ));
     // tungstenite zero-fills `read_buffer_size` bytes on every read attempt: 4 KiB, not its
     // 128 KiB default, keeps that cheap and small per client. Messages over MAX_MESSAGE are
     // read whole (up to READ_LIMIT) and refused with 1009, so the close is clean.
@@ -391,10 +398,14 @@ impl Session {
                 if !self.key.allows(Scope::Control) {
                     return self.error("command needs the control scope").await;
                 }
-                let cmd: Command = match serde_json::from_value(parsed.data) {
+                let mut cmd: Command = match serde_json::from_value(parsed.data) {
                     Ok(c) => c,
                     Err(e) => return self.error(&format!("bad command: {e}")).await,
                 };
+                match crate::source::can::command::routed_payload(cmd.payload, cmd.can.take()) {
+                    Ok(p) => cmd.payload = p,
+                    Err(e) => return self.error(&format!("bad command: {e}")).await,
+                }
                 let reply = self.command(cmd);
                 self.reply(reply).await
             }

@@ -13,6 +13,7 @@ const FEED_ROWS = 200;       // rows shown
 const TRACK_POINTS = 600;    // positions kept per vehicle
 const MAX_VEHICLES = 200;
 const MAX_DEVICES = 500;
+const MAX_CAN_SIGNALS = 200;
 const STALE_MS = 15000;      // no frame heard for this long: stale
 const HISTORY_MS = 600000;   // chart window
 const STATUS_EVERY_MS = 3000;
@@ -37,6 +38,7 @@ const st = {
   paused: false,
   vehicles: new Map(),
   devices: new Map(),
+  can: new Map(),       // "message.signal" → [value, unit, vehicle or device]
   feed: [],
   history: [],
   status: null,
@@ -300,6 +302,15 @@ function onFrame(f) {
     if (live) v.heard = Date.now();
   }
 
+  if (kind === 'can' && p.signals && typeof p.signals === 'object') {
+    const units = p.units && typeof p.units === 'object' ? p.units : {};
+    for (const [k, v] of Object.entries(p.signals)) {
+      const name = `${text(p.message, '?')}.${k}`;
+      if (!st.can.has(name) && st.can.size >= MAX_CAN_SIGNALS) continue;
+      st.can.set(name, [text(v), text(units[k], ''), vehicle ?? device]);
+    }
+  }
+
   let payload;
   try { payload = JSON.stringify(f.payload); } catch { payload = ''; }
   st.feed.push({ seq, ts, vehicle, device, kind, payload: text(payload, '').slice(0, 240) });
@@ -335,7 +346,25 @@ function render() {
   renderTracks();
   renderDevices();
   renderStatus();
+  renderCan();
   renderFeed();
+}
+
+function renderCan() {
+  const sources = st.status && st.status.sources && typeof st.status.sources === 'object' ? st.status.sources : {};
+  const buses = Object.entries(sources).filter(([, s]) => s && s.kind === 'can');
+  $('can-card').hidden = st.can.size === 0 && buses.length === 0;
+  replaceRows($('can-buses'), buses.map(([name, s]) => {
+    const d = s.detail && typeof s.detail === 'object' ? s.detail : {};
+    const ids = Array.isArray(d.unknown_ids) ? d.unknown_ids.slice(0, 5) : [];
+    const top = ids.map((u) => `${text(u && u.id, '?')} ×${text(num(u && u.frames), '?')}`).join(', ');
+    const state = text(s.state);
+    const cls = state === 'running' ? 'live' : state === 'stopped' ? 'bad' : 'wait';
+    return row([name, el('td', '', el('span', `badge ${cls}`, state)), text(num(d.decoded), '0'),
+      text(num(d.unknown_frames), '0'), text(top), text(s.last_error)]);
+  }));
+  const rows = [...st.can.entries()].sort(([a], [b]) => a.localeCompare(b)).map(([name, cells]) => row([name, ...cells]));
+  replaceRows($('can'), rows);
 }
 
 function replaceRows(table, rows) {
