@@ -174,6 +174,25 @@ pub fn render(st: &AppState) -> String {
         |s| s.resent,
     );
     o.each(
+        "fieldgate_sink_collisions_total",
+        "counter",
+        "Frames whose _id the destination held for a different frame (re-journaled).",
+        &sinks,
+        "sink",
+        |s| s.collisions,
+    );
+    let name = "fieldgate_sink_encode_fallbacks_total";
+    o.head(
+        name,
+        "counter",
+        "Frames not stored as plain documents, by reason.",
+    );
+    for (sink, s) in &sinks {
+        for (reason, n) in &s.encode_fallbacks {
+            o.val(name, &[("sink", sink), ("reason", reason)], n);
+        }
+    }
+    o.each(
         "fieldgate_sink_lag_frames",
         "gauge",
         "Frames not yet acknowledged.",

@@ -8,7 +8,7 @@ use bson::doc;
 use common::mongo::{assert_exactly_once, block, unique_db, MongoServer};
 use fieldgate::frame::Frame;
 use fieldgate::journal::{Journal, JournalConfig};
-use fieldgate::sink::mongo::MongoConfig;
+use fieldgate::sink::mongo::{encode, MongoConfig};
 use fieldgate::sink::{SinkState, SinkStates};
 use fieldgate::units::{HumanDuration, Positive};
 use serde_json::json;
@@ -136,7 +136,15 @@ fn replayed_documents_are_delivered_not_errors() {
         .range(1, 300)
         .into_iter()
         .filter(|f| f.seq % 5 == 0 || (100..=180).contains(&f.seq))
-        .map(|f| f.to_document())
+        .map(|f| {
+            let mut d = encode::encode(&f).doc.to_document().expect("document");
+            // Documents written before the content hash existed have no `h`: the same frame
+            // is recognised by seq, gateway, ts and device.
+            if f.seq % 3 == 0 {
+                d.remove("h");
+            }
+            d
+        })
         .collect();
     let pre_n = pre.len();
     server.insert(&db, "frames", pre);
@@ -147,6 +155,7 @@ fn replayed_documents_are_delivered_not_errors() {
     assert_eq!(s.delivered, 300);
     assert_eq!(s.lag, 0);
     assert_eq!(s.last_error, None, "duplicates are not errors");
+    assert_eq!(s.collisions, 0, "a replay of the same frames is no collision");
     assert_exactly_once(&server, &db, GATEWAY, 300);
     assert!(pre_n > 80);
 
