@@ -5,6 +5,7 @@
 pub mod mongo;
 pub mod mqtt;
 pub mod serial;
+pub mod sink;
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
