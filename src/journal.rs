@@ -166,11 +166,18 @@ impl Journal {
     /// Open (or create) the journal; a corrupt journal is quarantined, one that cannot be
     /// used for another reason (permissions, a full disk, another process) is refused.
     pub fn open(cfg: JournalConfig) -> Result<Journal, JournalError> {
+        let opened = open::open_or_quarantine(&cfg)?;
+        let path = cfg.path.clone();
+        // Writing at open (the lease, the floor) meets a full disk first.
+        Journal::start(cfg, opened).map_err(|e| refuse::storage(&path, e))
+    }
+
+    fn start(cfg: JournalConfig, opened: open::Opened) -> Result<Journal, JournalError> {
         let open::Opened {
             db,
             quarantine,
             lock: lock_file,
-        } = open::open_or_quarantine(&cfg)?;
+        } = opened;
         let mut floor = SeqFloor::read(&cfg.path).map_err(|e| refuse::io(&cfg.path, &e))?;
         let frames = db.open_tree("frames")?;
         let cursors = db.open_tree("cursors")?;

@@ -120,6 +120,12 @@ pub fn render(st: &AppState) -> String {
         j.flushes,
     );
     o.one(
+        "fieldgate_journal_write_failing",
+        "gauge",
+        "1 while journal writes keep failing (a full disk, ...).",
+        u8::from(j.write_failing),
+    );
+    o.one(
         "fieldgate_journal_decode_errors_total",
         "counter",
         "Undecodable records skipped.",

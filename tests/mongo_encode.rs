@@ -48,7 +48,10 @@ fn odd_frames_in_the_middle_of_a_batch_arrive_with_the_rest() {
         (json!({"odo": u64::MAX, "i": 1}), None),
         (json!({"$set": {"a.b": 1}, "k.l": [1]}), None),
         (json!({"zeros": big}), Some("too_large")),
-        (json!({"forbidden": "yes", "keep": [1, 2.5, "x"]}), Some("refused")),
+        (
+            json!({"forbidden": "yes", "keep": [1, 2.5, "x"]}),
+            Some("refused"),
+        ),
     ];
     let mut frames: Vec<Frame> = Vec::new();
     for (k, (payload, _)) in odd.iter().enumerate() {
@@ -82,13 +85,20 @@ fn odd_frames_in_the_middle_of_a_batch_arrive_with_the_rest() {
     );
 
     let docs = stored(&server, &db);
-    assert_eq!(docs.keys().copied().collect::<Vec<_>>(), seqs.clone().collect::<Vec<_>>());
+    assert_eq!(
+        docs.keys().copied().collect::<Vec<_>>(),
+        seqs.clone().collect::<Vec<_>>()
+    );
     let journaled = rig.journal.range(*seqs.start(), n as usize);
     for f in &journaled {
         let d = &docs[&f.seq];
         assert_eq!(d.get_str("_id").expect("_id"), f.doc_id());
         let Some(k) = odd.iter().position(|(p, _)| *p == f.payload) else {
-            assert!(d.get_document("payload").is_ok(), "ordinary frame {}", f.seq);
+            assert!(
+                d.get_document("payload").is_ok(),
+                "ordinary frame {}",
+                f.seq
+            );
             continue;
         };
         match odd[k].1 {
@@ -106,14 +116,24 @@ fn odd_frames_in_the_middle_of_a_batch_arrive_with_the_rest() {
         }
     }
     let p = |seq: u64| docs[&seq].get_document("payload").expect("payload").clone();
-    let odo = journaled.iter().find(|f| f.payload["odo"].is_u64()).expect("odo frame");
+    let odo = journaled
+        .iter()
+        .find(|f| f.payload["odo"].is_u64())
+        .expect("odo frame");
     match p(odo.seq).get("odo") {
         Some(Bson::Decimal128(d)) => assert_eq!(d.to_string(), u64::MAX.to_string()),
         other => panic!("odo stored as {other:?}"),
     }
-    let dollar = journaled.iter().find(|f| f.payload.get("$set").is_some()).expect("$ frame");
+    let dollar = journaled
+        .iter()
+        .find(|f| f.payload.get("$set").is_some())
+        .expect("$ frame");
     assert_eq!(
-        p(dollar.seq).get_document("$set").expect("$set").get_i64("a.b").expect("a.b"),
+        p(dollar.seq)
+            .get_document("$set")
+            .expect("$set")
+            .get_i64("a.b")
+            .expect("a.b"),
         1
     );
 

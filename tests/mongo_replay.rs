@@ -47,7 +47,10 @@ fn replayed_documents_are_delivered_not_errors() {
     assert_eq!(s.delivered, 300);
     assert_eq!(s.lag, 0);
     assert_eq!(s.last_error, None, "duplicates are not errors");
-    assert_eq!(s.collisions, 0, "a replay of the same frames is no collision");
+    assert_eq!(
+        s.collisions, 0,
+        "a replay of the same frames is no collision"
+    );
     assert_exactly_once(&server, &db, GATEWAY, 300);
     assert!(pre_n > 80);
 

@@ -50,7 +50,10 @@ fn run_on_after(tag: &str, to_journal: impl FnOnce(&Path)) -> Rig {
     let s = rig.until("new frames acked", |s| s.acked_seq == last);
     let stored = by_payload(&server, &db);
     assert_eq!(stored.len(), 1300, "frames missing: {s:?}");
-    assert_eq!(stored.keys().copied().collect::<Vec<_>>(), (0..1300).collect::<Vec<_>>());
+    assert_eq!(
+        stored.keys().copied().collect::<Vec<_>>(),
+        (0..1300).collect::<Vec<_>>()
+    );
     assert_eq!(frame_seqs(&server, &db).len(), 1300);
     assert_eq!(s.collisions, 0, "the floor file kept the seqs apart");
     rig
@@ -62,7 +65,11 @@ fn a_quarantined_journal_never_reuses_a_seq() {
         // A journal sled cannot open: quarantined at the next open.
         std::fs::write(path.join("conf"), b"\xff\x00not a sled config").expect("corrupt");
     });
-    let q = rig.journal.stats().quarantine.expect("journal was quarantined");
+    let q = rig
+        .journal
+        .stats()
+        .quarantine
+        .expect("journal was quarantined");
     assert!(q.moved_to.exists());
     rig.stop();
 }
@@ -106,7 +113,10 @@ fn colliding_seqs_are_counted_and_their_frames_still_arrive() {
     assert_eq!(s.collisions, 200);
     assert_eq!(s.delivered, 300);
     let stored = by_payload(&server, &db);
-    assert_eq!(stored.keys().copied().collect::<Vec<_>>(), (0..1300).collect::<Vec<_>>());
+    assert_eq!(
+        stored.keys().copied().collect::<Vec<_>>(),
+        (0..1300).collect::<Vec<_>>()
+    );
     // The old documents are untouched: frame 0..999 still under seqs 1..=1000.
     for i in 0..1000 {
         assert_eq!(stored[&i], format!("gw-coll:{}", i + 1));

@@ -57,7 +57,8 @@ impl Inner {
                 }
                 Err(e) => {
                     if failing_since.is_none() {
-                        tracing::error!(error = %e, "journal write failed; frames stay queued, retrying");
+                        tracing::error!(error = %e, path = %self.cfg.path.display(),
+                            "journal write failed; frames stay queued, retrying");
                     }
                     let since = *failing_since.get_or_insert(started);
                     if since.elapsed() > Duration::from_secs(2) {

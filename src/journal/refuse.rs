@@ -91,6 +91,15 @@ pub(super) fn io(path: &Path, e: &io::Error) -> JournalError {
     JournalError::Refused(msg)
 }
 
+/// A storage error met while opening the journal at `path`, as a refusal when it is an
+/// I/O error (a full disk, ...); anything else unchanged.
+pub(super) fn storage(path: &Path, e: JournalError) -> JournalError {
+    match e {
+        JournalError::Sled(sled::Error::Io(e)) | JournalError::Io(e) => io(path, &e),
+        e => e,
+    }
+}
+
 /// `N bytes free of M` on the filesystem holding `path`.
 #[allow(clippy::useless_conversion)] // the statvfs fields are 32-bit on armv7
 fn free_space(path: &Path) -> String {

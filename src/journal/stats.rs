@@ -65,6 +65,8 @@ pub struct JournalStats {
     pub quarantine: Option<Quarantine>,
     /// The seq floor file's value: at or above every seq issued (see `journal::floor`).
     pub seq_floor: u64,
+    /// Writes have been failing for a while (a full disk, ...); frames wait in memory.
+    pub write_failing: bool,
 }
 
 impl Counters {
@@ -205,6 +207,7 @@ impl Counters {
             cursors,
             quarantine,
             seq_floor: self.seq_floor.load(Relaxed),
+            write_failing: self.flush_failing(),
         }
     }
 }
