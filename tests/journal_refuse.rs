@@ -231,29 +231,13 @@ fn a_disk_that_fills_while_running_is_reported() {
         s["journal"]["write_failing"] == true
     });
     assert!(st["journal"]["last_seq"].as_u64() > st["journal"]["durable_seq"].as_u64());
-    let (code, text) = metrics(&gw);
+    let (code, text) = common::http_text(&gw.url("/metrics"), &gw.key);
     assert_eq!(code, 200);
     assert!(
         text.contains("\nfieldgate_journal_write_failing 1\n"),
         "{text}"
     );
     assert!(gw.log().contains(&format!("path={}", journal.display())));
-}
-
-fn metrics(gw: &Gateway) -> (u16, String) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("rt");
-    rt.block_on(async {
-        let r = reqwest::Client::new()
-            .get(gw.url("/metrics"))
-            .header("x-api-key", &gw.key)
-            .send()
-            .await
-            .expect("GET /metrics");
-        (r.status().as_u16(), r.text().await.unwrap_or_default())
-    })
 }
 
 #[test]

@@ -211,6 +211,24 @@ pub fn http_get(url: &str, key: Option<&str>) -> (u16, serde_json::Value) {
     })
 }
 
+/// Blocking GET with an API key returning (status, body text), e.g. for `/metrics`.
+pub fn http_text(url: &str, key: &str) -> (u16, String) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    rt.block_on(async {
+        let r = reqwest::Client::new()
+            .get(url)
+            .header("x-api-key", key)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+        (r.status().as_u16(), r.text().await.unwrap_or_default())
+    })
+}
+
 /// Run the binary to completion; returns (exit code, stdout, stderr).
 pub fn run_cli(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(bin())
