@@ -154,9 +154,7 @@ impl Inner {
             return Ok(());
         }
         self.meta.insert("lease_end", &seq_key(lease_end))?;
-        floor
-            .raise(lease_end)
-            .map_err(|e| refuse::io(floor.path(), &e))?;
+        floor.update(lease_end, false);
         self.counters.seq_floor.store(floor.value(), Relaxed);
         Ok(())
     }
@@ -178,7 +176,10 @@ impl Journal {
             quarantine,
             lock: lock_file,
         } = opened;
-        let mut floor = SeqFloor::read(&cfg.path).map_err(|e| refuse::io(&cfg.path, &e))?;
+        let mut floor = SeqFloor::read(&cfg.path).map_err(|e| {
+            let file = floor::beside(&cfg.path, ".seq").unwrap_or_else(|_| cfg.path.clone());
+            refuse::io(&cfg.path, &file, &e)
+        })?;
         let frames = db.open_tree("frames")?;
         let cursors = db.open_tree("cursors")?;
         let meta = db.open_tree("meta")?;
@@ -208,7 +209,7 @@ impl Journal {
         meta.remove("clean_next")?;
         floor
             .raise(lease_end)
-            .map_err(|e| refuse::io(floor.path(), &e))?;
+            .map_err(|e| refuse::io(&cfg.path, floor.path(), &e))?;
         counters.seq_floor.store(floor.value(), Relaxed);
         db.flush()?;
         counters.last_seq.store(next_seq - 1, Relaxed);
@@ -526,10 +527,8 @@ impl Journal {
         inner.db.flush()?;
         // Exactly the last seq issued: the next open continues there, not past the lease.
         let mut floor = lock(&inner.floor);
-        floor
-            .set(next - 1)
-            .map_err(|e| refuse::io(floor.path(), &e))?;
-        inner.counters.seq_floor.store(next - 1, Relaxed);
+        floor.update(next - 1, true);
+        inner.counters.seq_floor.store(floor.value(), Relaxed);
         tracing::info!(last_seq = next - 1, "journal closed");
         Ok(())
     }

@@ -48,6 +48,13 @@ fn quarantined(dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// The journal at `j` opens (as root) and still has the key `name`.
+fn assert_key_listed(j: &str, name: &str) {
+    let (code, out, err) = run_cli(&["keys", "list", "--data", j]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(name), "key {name} lost: {out}");
+}
+
 /// Run the binary as `nobody:nogroup` (from a copy `nobody` can execute).
 fn as_nobody(bin_dir: &Path, args: &[&str]) -> (i32, String) {
     let bin = bin_dir.join("fieldgate");
@@ -99,9 +106,49 @@ fn the_wrong_user_is_refused_and_nothing_moves() {
         assert_eq!(listing(dir.path()), before, "{args:?} touched the journal");
         assert!(quarantined(dir.path()).is_empty());
     }
-    let (code, out, err) = run_cli(&["keys", "list", "--data", &j]);
+    assert_key_listed(&j, "tech");
+}
+
+/// The service's state directory belongs to its user; root running `keys add` there (before
+/// or after the service created its journal) would leave files the service cannot read.
+#[test]
+fn root_is_refused_in_the_service_users_journal() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).expect("mkdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    let nobody = 65534;
+    std::os::unix::fs::chown(&state, Some(nobody), Some(nobody)).expect("chown to nobody");
+    let j = state.join("journal").to_string_lossy().to_string();
+
+    // Not created yet: root would create it in nobody's directory.
+    let (code, _, err) = run_cli(&["keys", "add", "tech", "--data", &j]);
+    assert_ne!(code, 0, "root must not create the service's journal: {err}");
+    for want in [
+        "would be created in",
+        "belongs to user nobody (uid 65534)",
+        "sudo -u nobody fieldgate",
+    ] {
+        assert!(err.contains(want), "{want:?} missing from: {err}");
+    }
+    assert_eq!(
+        std::fs::read_dir(&state).expect("ls").count(),
+        0,
+        "nothing created"
+    );
+
+    // The service user creates it; root is refused again, nobody carries on.
+    let bins = tempfile::tempdir().expect("tempdir");
+    let (code, err) = as_nobody(bins.path(), &["keys", "add", "svc", "--data", &j]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("tech"), "the key survived: {out}");
+    let before = listing(&state);
+    let (code, _, err) = run_cli(&["keys", "add", "tech", "--data", &j]);
+    assert_ne!(code, 0);
+    assert!(err.contains("belongs to user nobody (uid 65534)"), "{err}");
+    assert_eq!(listing(&state), before);
+    let (code, err) = as_nobody(bins.path(), &["keys", "list", "--data", &j]);
+    assert_eq!(code, 0, "{err}");
 }
 
 /// A size-capped tmpfs, unmounted on drop.
@@ -200,9 +247,7 @@ fn a_full_disk_refuses_to_start_and_moves_nothing() {
     assert!(quarantined(&fs.0).is_empty());
     // Space back: the same journal opens, key included.
     std::fs::remove_file(filler).expect("rm filler");
-    let (code, out, err) = run_cli(&["keys", "list", "--data", &j]);
-    assert_eq!(code, 0, "{err}");
-    assert!(out.contains("tech"), "{out}");
+    assert_key_listed(&j, "tech");
 }
 
 #[test]

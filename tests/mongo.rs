@@ -311,7 +311,7 @@ fn reused_seqs_are_counted_in_status_and_metrics_and_nothing_is_lost() {
     assert_eq!(code, 0, "{err}");
     server.stop();
     let gw = Gateway::run(
-        &cfg.clone().into(),
+        &setup.config_path(),
         setup.port,
         key.trim(),
         &setup.dir.path().join("logs"),

@@ -29,6 +29,8 @@ pub(super) fn beside(journal: &Path, suffix: &str) -> io::Result<PathBuf> {
 pub(super) struct SeqFloor {
     path: PathBuf,
     value: u64,
+    /// The last write failed (logged once per streak).
+    failing: bool,
 }
 
 impl SeqFloor {
@@ -48,7 +50,11 @@ impl SeqFloor {
             Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
             Err(e) => return Err(e),
         };
-        Ok(SeqFloor { path, value })
+        Ok(SeqFloor {
+            path,
+            value,
+            failing: false,
+        })
     }
 
     /// The file's path.
@@ -67,6 +73,29 @@ impl SeqFloor {
             self.set(seq)?;
         }
         Ok(())
+    }
+
+    /// [`SeqFloor::raise`] (or with `exact`, [`SeqFloor::set`]) for a journal that is
+    /// running: a failure is logged once per streak, not returned. Frames must keep being
+    /// written; the journal's own lease still keeps its seqs apart, and the Mongo sink's
+    /// check still catches reuse should the journal be lost before the file is writable.
+    pub(super) fn update(&mut self, seq: u64, exact: bool) {
+        let r = if exact {
+            self.set(seq)
+        } else {
+            self.raise(seq)
+        };
+        match r {
+            Ok(()) => self.failing = false,
+            Err(e) => {
+                if !self.failing {
+                    tracing::error!(path = %self.path.display(), error = %e,
+                        "cannot update the seq floor file; seqs stay unique within this \
+                         journal, but a journal deleted now could reissue some");
+                }
+                self.failing = true;
+            }
+        }
     }
 
     /// Write `seq` durably, lower or higher (a clean close records the exact last seq).

@@ -105,7 +105,7 @@ fn sled_lock_held(path: &Path) -> bool {
 
 /// Take `<journal>.lock`; `Locked` if another process holds it.
 fn lock_beside(path: &Path) -> Result<File, JournalError> {
-    let lock_path = beside(path, ".lock").map_err(|e| refuse::io(path, &e))?;
+    let lock_path = beside(path, ".lock").map_err(|e| refuse::io(path, path, &e))?;
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -113,7 +113,7 @@ fn lock_beside(path: &Path) -> Result<File, JournalError> {
         .truncate(false)
         .mode(0o600)
         .open(&lock_path)
-        .map_err(|e| refuse::io(&lock_path, &e))?;
+        .map_err(|e| refuse::io(path, &lock_path, &e))?;
     // SAFETY: flock on a descriptor we own; held until `file` drops.
     let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     if rc != 0 {
@@ -121,21 +121,29 @@ fn lock_beside(path: &Path) -> Result<File, JournalError> {
         if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
             return Err(JournalError::Locked(path.to_path_buf()));
         }
-        return Err(refuse::io(&lock_path, &e));
+        return Err(refuse::io(path, &lock_path, &e));
     }
     Ok(file)
 }
 
-/// Refuse a journal directory that belongs to another user: whatever this process wrote
-/// into it (keys, segments, the seq floor) the service could not read afterwards.
+/// Refuse a journal directory that belongs to another user, or one this process would
+/// create in another user's directory: whatever it wrote (keys, segments, the seq floor)
+/// the journal's owner could not use afterwards. World-writable parents (`/tmp`) are fine.
 fn check_owner(path: &Path) -> Result<(), JournalError> {
+    let me = nix::unistd::geteuid().as_raw();
     match std::fs::metadata(path) {
-        Ok(m) if m.uid() != nix::unistd::geteuid().as_raw() => {
-            Err(refuse::not_owner(path, m.uid()))
-        }
+        Ok(m) if m.uid() != me => Err(refuse::not_owner(path, None, m.uid())),
         Ok(_) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(refuse::io(path, &e)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+            match parent.map(std::fs::metadata) {
+                Some(Ok(m)) if m.uid() != me && m.mode() & 0o002 == 0 => {
+                    Err(refuse::not_owner(path, parent, m.uid()))
+                }
+                _ => Ok(()),
+            }
+        }
+        Err(e) => Err(refuse::io(path, path, &e)),
     }
 }
 
@@ -155,7 +163,7 @@ fn quarantine_path(path: &Path, at_ms: i64) -> io::Result<PathBuf> {
 pub(super) fn open_or_quarantine(cfg: &JournalConfig) -> Result<Opened, JournalError> {
     let path = &cfg.path;
     check_owner(path)?;
-    std::fs::create_dir_all(path).map_err(|e| refuse::io(path, &e))?;
+    std::fs::create_dir_all(path).map_err(|e| refuse::io(path, path, &e))?;
     let lock = lock_beside(path)?;
     let error = match try_open(cfg) {
         Ok(db) => {
@@ -166,7 +174,7 @@ pub(super) fn open_or_quarantine(cfg: &JournalConfig) -> Result<Opened, JournalE
             })
         }
         Err(Failure::Locked) => return Err(JournalError::Locked(path.clone())),
-        Err(Failure::Io(e)) => return Err(refuse::io(path, &e)),
+        Err(Failure::Io(e)) => return Err(refuse::io(path, path, &e)),
         Err(Failure::Corrupt(e)) => e,
     };
     let at_ms = crate::frame::now_ms();
@@ -180,7 +188,7 @@ pub(super) fn open_or_quarantine(cfg: &JournalConfig) -> Result<Opened, JournalE
     );
     std::fs::create_dir_all(path)?;
     let db = try_open(cfg).map_err(|f| match f {
-        Failure::Io(e) => refuse::io(path, &e),
+        Failure::Io(e) => refuse::io(path, path, &e),
         Failure::Locked => JournalError::Locked(path.clone()),
         Failure::Corrupt(e) => JournalError::Io(io::Error::other(format!(
             "fresh journal failed to open: {e}"

@@ -33,43 +33,64 @@ fn owner(path: &Path) -> Option<u32> {
         .map(|m| m.uid())
 }
 
-/// The fix for a journal owned by `owner` used by this process.
-fn ownership_fix(path: &Path, owner: u32) -> String {
-    let me = geteuid().as_raw();
-    let p = path.display();
+/// The fix for a journal (or, when it does not exist yet, the directory it would be
+/// created in) owned by `owner` and used by this process.
+fn ownership_fix(path: &Path, parent: Option<&Path>, owner: u32) -> String {
+    let me = user_arg(geteuid().as_raw());
+    let hand_over = match parent {
+        None => {
+            let p = path.display();
+            format!("chown -R {me}: {p} {p}.seq {p}.lock")
+        }
+        Some(dir) => format!("chown {me}: {}", dir.display()),
+    };
     format!(
         "Run fieldgate as the journal's owner (e.g. `sudo -u {} fieldgate ...`), or, if \
-         this user should own it, hand it over with `chown -R {}: {p} {p}.seq {p}.lock`",
+         this user should own it, hand it over with `{hand_over}`",
         user_arg(owner),
-        user_arg(me),
     )
 }
 
-/// The journal directory belongs to another user.
-pub(super) fn not_owner(path: &Path, uid: u32) -> JournalError {
+/// The journal directory (or, when it does not exist yet, `parent`, where it would be
+/// created) belongs to another user.
+pub(super) fn not_owner(path: &Path, parent: Option<&Path>, uid: u32) -> JournalError {
+    let whose = match parent {
+        None => format!("the journal at {} belongs to", path.display()),
+        Some(p) => format!(
+            "the journal at {} would be created in {}, which belongs to",
+            path.display(),
+            p.display()
+        ),
+    };
     JournalError::Refused(format!(
-        "the journal at {} belongs to user {} but fieldgate runs as user {}; files written \
-         now would be unusable to the journal's owner. {}. Nothing was changed.",
-        path.display(),
+        "{whose} user {} but fieldgate runs as user {}; files written now would be \
+         unusable to the journal's owner. {}. Nothing was changed.",
         user(uid),
         user(geteuid().as_raw()),
-        ownership_fix(path, uid)
+        ownership_fix(path, parent, uid)
     ))
 }
 
-/// `e` happened on `path` (the journal or a file beside it) and is not corruption.
-pub(super) fn io(path: &Path, e: &io::Error) -> JournalError {
+/// `e` happened on `file` (the journal at `path` or a file beside it) and is not
+/// corruption.
+pub(super) fn io(path: &Path, file: &Path, e: &io::Error) -> JournalError {
     let p = path.display();
     let nothing = "Nothing was moved or changed.";
-    let msg = match e.raw_os_error() {
+    let code = e.raw_os_error();
+    let e = if file == path {
+        e.to_string()
+    } else {
+        format!("{}: {e}", file.display())
+    };
+    let msg = match code {
         Some(libc::EACCES | libc::EPERM) => {
-            let owner = owner(path).unwrap_or(0);
+            let owner = owner(file).unwrap_or(0);
             format!(
                 "cannot open the journal at {p}: permission denied ({e}). It belongs to user \
                  {} and fieldgate runs as user {}. {}. {nothing}",
                 user(owner),
                 user(geteuid().as_raw()),
-                ownership_fix(path, owner)
+                ownership_fix(path, None, owner)
             )
         }
         Some(libc::ENOSPC | libc::EDQUOT) => format!(
@@ -95,7 +116,7 @@ pub(super) fn io(path: &Path, e: &io::Error) -> JournalError {
 /// I/O error (a full disk, ...); anything else unchanged.
 pub(super) fn storage(path: &Path, e: JournalError) -> JournalError {
     match e {
-        JournalError::Sled(sled::Error::Io(e)) | JournalError::Io(e) => io(path, &e),
+        JournalError::Sled(sled::Error::Io(e)) | JournalError::Io(e) => io(path, path, &e),
         e => e,
     }
 }

@@ -26,6 +26,8 @@ use tokio_util::sync::CancellationToken;
 
 /// While writes work but index creation does not, how often to try it again.
 const INDEX_RETRY: Duration = Duration::from_secs(60);
+/// After shutdown, how long journaling colliding frames again may still take.
+const REJOURNAL_GRACE: Duration = Duration::from_secs(5);
 
 /// Sync until shutdown or until the journal closes.
 pub(super) async fn sync(
@@ -187,9 +189,15 @@ impl Collided<'_> {
         if lifted.await.is_none() {
             return false;
         }
+        // Normally done within the journal's flush window. On shutdown it may still finish
+        // (given up, it could leave the new copies durable and the cursor before the old
+        // ones: sent twice next run); a disk that stopped taking writes gets a bound.
+        let grace = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(REJOURNAL_GRACE).await;
+        };
         let moved = tokio::select! {
-            // Bounded by the journal's flush window.
-            _ = shutdown.cancelled() => return false,
+            _ = grace => return false,
             r = collision::rejournal(journal, self.seqs) => r,
         };
         match moved {
