@@ -367,6 +367,11 @@ impl Journal {
         self.inner.counters.durable_seq.load(SeqCst)
     }
 
+    /// The seq the next append gets.
+    pub fn next_seq(&self) -> u64 {
+        lock(&self.inner.write).next_seq
+    }
+
     /// The highest seq issued so far.
     pub fn last_seq(&self) -> u64 {
         self.inner.counters.last_seq.load(SeqCst)

@@ -4,8 +4,9 @@
 //! together with the journal (a new SD card), and a second gateway may be configured with
 //! the same `gateway.id`. So:
 //! - before its first insert after every (re)connection the sink reads the highest `seq`
-//!   `frames` holds for this gateway (one indexed query on `{gateway, seq}`) and lifts the
-//!   journal's floor above it: frames journaled from then on cannot collide;
+//!   `frames` holds for this gateway at or above the journal's next seq (indexed queries on
+//!   `{gateway, seq}`) and lifts the journal's floor above it: frames journaled from then
+//!   on cannot collide;
 //! - a duplicate-key error is checked against the stored document: the same content hash
 //!   (`h`, see `encode::content_hash`) is this very frame, already delivered; anything else
 //!   is a *collision*: logged, counted, never delivered — the frame is journaled again and
@@ -36,39 +37,55 @@ pub(super) enum Stored {
     Gone,
 }
 
-/// The highest `seq` in `frames` for `gateway`; `Ok(None)` when there is none or the server
-/// refuses the query (a write-only user: then only the journal's own floor protects).
+/// The highest `seq` in `frames` for `gateway` if any is at or above `from` (`None`: none
+/// is, or the server refuses the query — a write-only user: then only the journal's own
+/// floor protects). Normally one query finds nothing at or above the journal's next seq;
+/// only when something is there does a second one read the highest (both on the
+/// `{gateway, seq}` index; the first never scans more than what lies above `from`, which
+/// matters on servers that do not stop a sorted scan at the limit).
 pub(super) async fn highest_seq(
     coll: &Collection<Document>,
     gateway: &str,
+    from: u64,
 ) -> Result<Option<u64>, String> {
-    let query = coll
+    let from = i64::try_from(from).unwrap_or(i64::MAX);
+    let probe = coll
+        .find_one(doc! {"gateway": gateway, "seq": {"$gte": from}})
+        .projection(doc! {"_id": 0, "seq": 1});
+    if query(probe).await?.is_none() {
+        return Ok(None);
+    }
+    let top = coll
         .find_one(doc! {"gateway": gateway})
         .sort(doc! {"seq": -1})
         .projection(doc! {"_id": 0, "seq": 1});
-    let found = match tokio::time::timeout(OP_TIMEOUT, query).await {
-        Ok(Ok(d)) => d,
+    Ok(query(top).await?.and_then(|d| match d.get("seq") {
+        Some(Bson::Int64(n)) => u64::try_from(*n).ok(),
+        Some(Bson::Int32(n)) => u64::try_from(*n).ok(),
+        Some(Bson::Double(f)) if *f >= 0.0 => Some(*f as u64),
+        _ => None,
+    }))
+}
+
+/// Run a `find_one` with the operation timeout; `Ok(None)` also when not authorized.
+async fn query(
+    op: impl std::future::IntoFuture<Output = mongodb::error::Result<Option<Document>>>,
+) -> Result<Option<Document>, String> {
+    match tokio::time::timeout(OP_TIMEOUT, op.into_future()).await {
+        Ok(Ok(d)) => Ok(d),
         Ok(Err(e)) if unauthorized(&e) => {
             tracing::warn!(
                 error = %describe(&e),
                 "cannot read the highest stored seq (the server refused the query); relying \
                  on the journal's seq floor alone"
             );
-            return Ok(None);
+            Ok(None)
         }
-        Ok(Err(e)) => return Err(describe(&e)),
-        Err(_) => {
-            return Err(format!(
-                "reading the highest seq timed out after {OP_TIMEOUT:?}"
-            ))
-        }
-    };
-    Ok(found.and_then(|d| match d.get("seq") {
-        Some(Bson::Int64(n)) => u64::try_from(*n).ok(),
-        Some(Bson::Int32(n)) => u64::try_from(*n).ok(),
-        Some(Bson::Double(f)) if *f >= 0.0 => Some(*f as u64),
-        _ => None,
-    }))
+        Ok(Err(e)) => Err(describe(&e)),
+        Err(_) => Err(format!(
+            "reading the highest seq timed out after {OP_TIMEOUT:?}"
+        )),
+    }
 }
 
 /// Lift the journal's floor above the highest seq `frames` holds for `gateway`.
@@ -78,10 +95,16 @@ pub(super) async fn lift(
     journal: &Journal,
 ) -> Result<(), String> {
     let t0 = std::time::Instant::now();
-    let Some(top) = highest_seq(coll, gateway).await? else {
+    let top = highest_seq(coll, gateway, journal.next_seq()).await?;
+    let took_ms = t0.elapsed().as_secs_f64() * 1e3;
+    tracing::debug!(
+        highest = top,
+        took_ms,
+        "stored seqs at or above the next one read"
+    );
+    let Some(top) = top else {
         return Ok(());
     };
-    let took_ms = t0.elapsed().as_secs_f64() * 1e3;
     if top > SEQ_SANE {
         tracing::error!(
             seq = top,
@@ -92,10 +115,7 @@ pub(super) async fn lift(
     }
     let j = journal.clone();
     match tokio::task::spawn_blocking(move || j.lift_floor(top)).await {
-        Ok(Ok(lifted)) => {
-            tracing::debug!(highest = top, lifted, took_ms, "highest stored seq read");
-            Ok(())
-        }
+        Ok(Ok(_)) => Ok(()),
         Ok(Err(JournalError::Closed)) | Err(_) => Ok(()),
         // Not a MongoDB problem, but nothing may be inserted until the floor is safe.
         Ok(Err(e)) => Err(format!("cannot lift the journal's seq floor: {e}")),
