@@ -96,7 +96,11 @@ struct Incoming {
 #[serde(deny_unknown_fields)]
 struct Command {
     device: String,
+    #[serde(default)]
     payload: Value,
+    /// A CAN frame to transmit (see `source::can::command`).
+    #[serde(default)]
+    can: Option<Value>,
 }
 
 /// Why a session ended (for the log).
@@ -381,10 +385,14 @@ impl Session {
                 if !self.key.allows(Scope::Control) {
                     return self.error("command needs the control scope").await;
                 }
-                let cmd: Command = match serde_json::from_value(parsed.data) {
+                let mut cmd: Command = match serde_json::from_value(parsed.data) {
                     Ok(c) => c,
                     Err(e) => return self.error(&format!("bad command: {e}")).await,
                 };
+                match crate::source::can::command::routed_payload(cmd.payload, cmd.can.take()) {
+                    Ok(p) => cmd.payload = p,
+                    Err(e) => return self.error(&format!("bad command: {e}")).await,
+                }
                 let reply = self.command(cmd);
                 self.reply(reply).await
             }
