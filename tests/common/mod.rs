@@ -6,6 +6,7 @@ pub mod can;
 pub mod mongo;
 pub mod mqtt;
 pub mod serial;
+pub mod sink;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -218,6 +219,24 @@ pub fn http_get(url: &str, key: Option<&str>) -> (u16, serde_json::Value) {
             }
             Err(e) => panic!("GET {url}: {e}"),
         }
+    })
+}
+
+/// Blocking GET with an API key returning (status, body text), e.g. for `/metrics`.
+pub fn http_text(url: &str, key: &str) -> (u16, String) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    rt.block_on(async {
+        let r = reqwest::Client::new()
+            .get(url)
+            .header("x-api-key", key)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+        (r.status().as_u16(), r.text().await.unwrap_or_default())
     })
 }
 
