@@ -7,7 +7,7 @@
 //! of use, so a seq is never reused, even after kill -9. The same thread enforces the byte
 //! cap (drop-oldest eviction) and retention (prune what every sink acknowledged).
 
-mod chunk;
+pub(crate) mod chunk;
 mod flusher;
 mod open;
 mod stats;

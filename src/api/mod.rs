@@ -8,7 +8,7 @@
 
 mod frames;
 mod live;
-mod registry;
+pub(crate) mod registry;
 
 use crate::auth::{KeyInfo, KeyStore, Scope, Throttle};
 use crate::journal::Journal;
@@ -255,20 +255,23 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
             ));
         }
         let bytes = read_body(req).await?;
-        let mut de = serde_json::Deserializer::from_slice(&bytes);
-        match serde_path_to_error::deserialize(&mut de) {
-            Ok(v) => Ok(ApiJson(v)),
-            Err(e) => {
-                let path = e.path().to_string();
-                let inner = e.into_inner();
-                Err(ApiError::invalid(if path == "." {
-                    inner.to_string()
-                } else {
-                    format!("{path}: {inner}")
-                }))
-            }
-        }
+        parse_body(&bytes).map(ApiJson)
     }
+}
+
+/// Parses a JSON request body as [`ApiJson`] does: unknown fields rejected, the error
+/// naming the field at fault.
+pub fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        ApiError::invalid(if path == "." {
+            inner.to_string()
+        } else {
+            format!("{path}: {inner}")
+        })
+    })
 }
 
 /// All routes.
