@@ -259,11 +259,11 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     }
 }
 
-/// Parses a JSON request body as [`ApiJson`] does: unknown fields rejected, the error
-/// naming the field at fault.
+/// Parses a JSON request body as [`ApiJson`] does: one JSON document, unknown fields
+/// rejected, the error naming the field at fault.
 pub fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         ApiError::invalid(if path == "." {
@@ -271,7 +271,10 @@ pub fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         } else {
             format!("{path}: {inner}")
         })
-    })
+    })?;
+    // Nothing but whitespace may follow the document.
+    de.end().map_err(|e| ApiError::invalid(e.to_string()))?;
+    Ok(value)
 }
 
 /// All routes.
@@ -347,4 +350,26 @@ async fn metrics(auth: Auth, State(st): State<AppState>) -> Result<Response, Api
     auth.require(Scope::Read)?;
     let body = crate::metrics::render(&st);
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by the `rest_body` fuzz target (input `{}l`): the body parser stopped after the
+    /// first JSON value and accepted whatever followed it.
+    #[test]
+    fn a_body_is_one_json_document() {
+        let ok: registry::Device = parse_body(br#" {"id": "gps0"} "#).expect("valid body");
+        assert_eq!(ok.id, "gps0");
+        for body in [&b"{}l"[..], br#"{"id":"va","plate":null}ull}"#, b"{} {}"] {
+            let err = parse_body::<registry::Vehicle>(body).expect_err("trailing bytes");
+            assert_eq!(err.status, StatusCode::BAD_REQUEST);
+            assert!(
+                err.message.contains("trailing characters"),
+                "{}",
+                err.message
+            );
+        }
+    }
 }
