@@ -71,7 +71,15 @@ fuzz_target!(|data: &[u8]| {
                 "sent",
                 serde_json::json!({"device": cmd.device}),
             ));
-            let _ = cmd.payload;
+            // A CAN frame was checked and moved into the payload; the source parses it again.
+            assert!(cmd.can.is_none());
+            let sent_can = serde_json::from_str::<Value>(text)
+                .ok()
+                .and_then(|m| m.get("data")?.get("can").cloned())
+                .is_some_and(|c| !c.is_null());
+            if sent_can {
+                fieldgate::source::can::command::parse(&cmd.payload).expect("routed CAN frame");
+            }
         }
     }
 });

@@ -98,7 +98,11 @@ pub struct Command {
     /// The device it is for.
     pub device: String,
     /// What to write to it.
+    #[serde(default)]
     pub payload: Value,
+    /// A CAN frame to transmit (see `source::can::command`).
+    #[serde(default)]
+    pub can: Option<Value>,
 }
 
 /// A client message, parsed: the TMD envelope and the `data` its type expects.
@@ -112,7 +116,8 @@ pub enum ClientMessage {
     Unsubscribe,
     /// `broadcast` (scope `publish`): data relayed to every client.
     Broadcast(Value),
-    /// `command` (scope `control`): a payload for one device.
+    /// `command` (scope `control`): a payload for one device (a `can` frame checked and
+    /// moved into it).
     Command(Command),
 }
 
@@ -134,9 +139,13 @@ pub fn parse_client_message(text: &str) -> Result<ClientMessage, String> {
         }
         "unsubscribe" => Ok(ClientMessage::Unsubscribe),
         "broadcast" => Ok(ClientMessage::Broadcast(parsed.data)),
-        "command" => serde_json::from_value(parsed.data)
-            .map(ClientMessage::Command)
-            .map_err(|e| format!("bad command: {e}")),
+        "command" => {
+            let mut cmd: Command =
+                serde_json::from_value(parsed.data).map_err(|e| format!("bad command: {e}"))?;
+            cmd.payload = crate::source::can::command::routed_payload(cmd.payload, cmd.can.take())
+                .map_err(|e| format!("bad command: {e}"))?;
+            Ok(ClientMessage::Command(cmd))
+        }
         other => Err(format!("unknown message type {other:?}")),
     }
 }

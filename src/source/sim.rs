@@ -38,6 +38,9 @@ pub struct SimConfig {
     pub gps_link: Option<std::path::PathBuf>,
     /// `pty` mode: symlink to publish the OBD pty at (default `$TMPDIR/fieldgate-<name>/obd`).
     pub obd_link: Option<std::path::PathBuf>,
+    /// `pty` mode: also act as an SLCAN adapter on a pty published here (see
+    /// [`super::can::sim`]).
+    pub can_link: Option<std::path::PathBuf>,
 }
 
 /// How the simulator delivers its vehicle.
@@ -71,6 +74,7 @@ impl Default for SimConfig {
             mode: SimMode::Direct,
             gps_link: None,
             obd_link: None,
+            can_link: None,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! loopback port, with a temporary data directory.
 #![allow(dead_code)]
 
+pub mod can;
 pub mod mongo;
 pub mod mqtt;
 pub mod serial;
