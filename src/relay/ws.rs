@@ -220,7 +220,11 @@ pub async fn run(io: TcpStream, read_buf: Bytes, ctx: SessionCtx, key: KeyInfo, 
     let name = info.name.clone();
     let addr = info.address;
     let (rd, wr) = io.into_split();
-    let conn = Arc::new(Conn::new(wr, Arc::clone(&ctx.hub.relay_latency)));
+    let conn = Arc::new(Conn::new(
+        wr,
+        Arc::clone(&ctx.hub.relay_latency),
+        Arc::clone(&ctx.hub.delivery),
+    ));
     // tungstenite zero-fills `read_buffer_size` bytes on every read attempt: 4 KiB, not its
     // 128 KiB default, keeps that cheap and small per client. Messages over MAX_MESSAGE are
     // read whole (up to READ_LIMIT) and refused with 1009, so the close is clean.

@@ -45,7 +45,7 @@ impl Backoff {
         let d = self.next;
         self.next = (d * 2).min(self.cap);
         let half = d / 2;
-        let jitter_ms = rand::thread_rng().gen_range(0..=half.as_millis() as u64);
+        let jitter_ms = rand::rng().random_range(0..=half.as_millis() as u64);
         half + Duration::from_millis(jitter_ms)
     }
 

@@ -1,10 +1,10 @@
-//! `fieldgate bench journal`: durable append throughput and disk bytes per frame.
+//! `fieldgate-bench journal`: durable append throughput and disk bytes per frame.
 
+use crate::synthetic::synthetic_frame;
 use anyhow::Context;
 use clap::Args;
 use fieldgate::frame::Frame;
 use fieldgate::journal::{Journal, JournalConfig};
-use fieldgate::source::sim::synthetic_frame;
 use fieldgate::units::{ByteSize, Positive};
 use std::io::Write;
 use std::path::PathBuf;

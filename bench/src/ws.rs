@@ -1,4 +1,4 @@
-//! `fieldgate bench ws`: publish → WebSocket receive latency, fieldgate vs mosquitto.
+//! `fieldgate-bench ws`: publish → WebSocket receive latency, fieldgate vs mosquitto.
 //!
 //! One MQTT stream (publishes stamped with their send time; QoS1, or QoS0 with `--qos 0`)
 //! is relayed to N WebSocket receivers twice, in sequence: by fieldgate (MQTT source →
@@ -11,13 +11,15 @@
 //! mosquitto's WebSocket listener binds every interface: run this inside a loopback-only
 //! network namespace (`scripts/bench-ws` does).
 
-use super::broker::{
-    connect_packet, free_port, packet, publish_parts, put_str, take_packets, Mosquitto,
-    RawPublisher,
+use crate::broker::{
+    connect_packet, encode, free_port, subscribe_packet, take_packets, Mosquitto, RawPublisher,
 };
-use super::scrape;
+use crate::scrape;
+use bytes::BytesMut;
 use clap::Args;
 use futures_util::{SinkExt, StreamExt};
+use rumqttc::mqttbytes::v4::{Packet, PubAck};
+use rumqttc::mqttbytes::QoS;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -53,6 +55,24 @@ pub struct WsArgs {
     /// The mosquitto binary.
     #[arg(long, default_value = "/usr/sbin/mosquitto")]
     mosquitto: PathBuf,
+    /// The gateway binary (default: `fieldgate` beside this program, as cargo builds both
+    /// into one target directory).
+    #[arg(long)]
+    fieldgate: Option<PathBuf>,
+}
+
+/// The gateway binary to measure: `given`, else `fieldgate` in this program's directory.
+fn fieldgate_bin(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    let exe = match given {
+        Some(p) => p,
+        None => std::env::current_exe()?.with_file_name("fieldgate"),
+    };
+    anyhow::ensure!(
+        exe.is_file(),
+        "no gateway binary at {} (cargo build --release builds it; or pass --fieldgate PATH)",
+        exe.display()
+    );
+    Ok(exe)
 }
 
 fn unix_ns() -> u64 {
@@ -197,28 +217,28 @@ async fn connect(
     Ok(tokio_tungstenite::connect_async_with_config(req, Some(cfg), true).await?)
 }
 
-/// A minimal MQTT 3.1.1 over WebSocket subscriber (QoS 0), fed to `tally`.
+/// An MQTT 3.1.1 over WebSocket subscriber (QoS 0), fed to `tally`.
 async fn mqtt_ws_subscriber(port: u16, id: usize, tally: Arc<Tally>) -> anyhow::Result<()> {
     let mut req = format!("ws://127.0.0.1:{port}/mqtt").into_client_request()?;
     req.headers_mut()
         .insert("sec-websocket-protocol", "mqtt".parse()?);
     let (mut ws, _) = connect(req).await?;
     let cid = format!("bench-ws-{id}");
-    let mut sub = vec![0, 1];
-    put_str(&mut sub, b"bench/#");
-    sub.push(0);
-    for pkt in [connect_packet(&cid, 60), packet(0x82, &sub)] {
-        ws.send(Message::Binary(pkt.into())).await?;
+    for pkt in [
+        connect_packet(&cid, 60)?,
+        subscribe_packet("bench/#", QoS::AtMostOnce)?,
+    ] {
+        ws.send(Message::Binary(pkt.freeze())).await?;
     }
-    let mut buf: Vec<u8> = Vec::new();
+    let mut buf = BytesMut::new();
     while let Some(msg) = ws.next().await {
         let Message::Binary(b) = msg? else { continue };
         buf.extend_from_slice(&b);
-        take_packets(&mut buf, |head, body| {
-            if let Some((_, payload)) = publish_parts(head, body) {
-                tally.record(payload);
+        take_packets(&mut buf, |p| {
+            if let Packet::Publish(p) = p {
+                tally.record(&p.payload);
             }
-        });
+        })?;
     }
     Ok(())
 }
@@ -228,27 +248,29 @@ async fn mqtt_ws_subscriber(port: u16, id: usize, tally: Arc<Tally>) -> anyhow::
 async fn mqtt_tcp_subscriber(port: u16, tally: Arc<Tally>) -> anyhow::Result<()> {
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
     s.set_nodelay(true)?;
-    let mut sub = vec![0, 1];
-    put_str(&mut sub, b"bench/#");
-    sub.push(1);
-    s.write_all(&[connect_packet("bench-hop", 60), packet(0x82, &sub)].concat())
-        .await?;
-    let (mut buf, mut chunk, mut acks) = (Vec::new(), vec![0u8; 64 << 10], Vec::new());
+    let mut hello = connect_packet("bench-hop", 60)?;
+    hello.extend_from_slice(&subscribe_packet("bench/#", QoS::AtLeastOnce)?);
+    s.write_all(&hello).await?;
+    let (mut buf, mut chunk) = (BytesMut::new(), vec![0u8; 64 << 10]);
+    let mut acks = BytesMut::new();
     loop {
         let n = s.read(&mut chunk).await?;
         if n == 0 {
             return Ok(());
         }
         buf.extend_from_slice(&chunk[..n]);
-        take_packets(&mut buf, |head, body| {
-            if let Some((id, payload)) = publish_parts(head, body) {
-                tally.record(payload);
-                if let Some(id) = id {
-                    acks.extend_from_slice(&[0x40, 2]);
-                    acks.extend_from_slice(&id.to_be_bytes());
+        let mut ids = Vec::new();
+        take_packets(&mut buf, |p| {
+            if let Packet::Publish(p) = p {
+                tally.record(&p.payload);
+                if p.qos == QoS::AtLeastOnce {
+                    ids.push(p.pkid);
                 }
             }
-        });
+        })?;
+        for id in ids {
+            acks.extend_from_slice(&encode(Packet::PubAck(PubAck::new(id)))?);
+        }
         if !acks.is_empty() {
             s.write_all(&acks).await?;
             acks.clear();
@@ -442,8 +464,12 @@ async fn saturate(
 /// fieldgate's MQTT client id in the bench.
 const FIELDGATE_CLIENT_ID: &str = "fieldgate-bench";
 
-fn start_fieldgate(dir: &Path, mqtt_port: u16, port: u16) -> anyhow::Result<(Killed, String)> {
-    let exe = std::env::current_exe()?;
+fn start_fieldgate(
+    exe: &Path,
+    dir: &Path,
+    mqtt_port: u16,
+    port: u16,
+) -> anyhow::Result<(Killed, String)> {
     let cfg = dir.join("fieldgate.toml");
     std::fs::write(
         &cfg,
@@ -454,13 +480,13 @@ fn start_fieldgate(dir: &Path, mqtt_port: u16, port: u16) -> anyhow::Result<(Kil
             dir.join("journal").display()
         ),
     )?;
-    let out = Command::new(&exe)
+    let out = Command::new(exe)
         .args(["keys", "add", "bench", "--scopes", "read", "--config"])
         .arg(&cfg)
         .output()?;
     let key = String::from_utf8_lossy(&out.stdout).trim().to_string();
     anyhow::ensure!(out.status.success(), "keys add failed");
-    let child = Command::new(&exe)
+    let child = Command::new(exe)
         .args(["run", "--config"])
         .arg(&cfg)
         .env("RUST_LOG", "warn")
@@ -472,6 +498,7 @@ fn start_fieldgate(dir: &Path, mqtt_port: u16, port: u16) -> anyhow::Result<(Kil
 
 /// Run `bench ws`.
 pub fn run(a: WsArgs) -> anyhow::Result<()> {
+    let exe = fieldgate_bin(a.fieldgate.clone())?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -507,7 +534,7 @@ pub fn run(a: WsArgs) -> anyhow::Result<()> {
             ),
         }
 
-        let (fg, key) = start_fieldgate(&dir, mqtt_port, fg_port)?;
+        let (fg, key) = start_fieldgate(&exe, &dir, mqtt_port, fg_port)?;
         wait_port(fg_port).await?;
         tokio::time::sleep(Duration::from_secs(1)).await;
         let mut relays = vec![Relay::Fieldgate { port: fg_port, key, pid: fg.0.id() }];

@@ -1,4 +1,4 @@
-//! `fieldgate bench serial`: CPU cost of one serial source reading NMEA at line rate.
+//! `fieldgate-bench serial`: CPU cost of one serial source reading NMEA at line rate.
 //!
 //! A writer thread plays a GPS receiver on a pty master, paced to the baud rate (10 bits a
 //! byte on an 8N1 wire) with realistic RMC/GGA/VTG sentences from the simulated vehicle;

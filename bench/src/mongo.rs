@@ -1,9 +1,10 @@
-//! `fieldgate bench mongo`: how fast the MongoDB sink drains a backlog compared with the
+//! `fieldgate-bench mongo`: how fast the MongoDB sink drains a backlog compared with the
 //! server's raw `insert_many` rate for the same documents, and its lag at a steady rate.
 //!
 //! Both numbers come from one run against one server, so the server's own speed (SecantusDB
 //! is Python) is visible next to the sink's: the sink can only be judged relative to it.
 
+use crate::synthetic::synthetic_frame;
 use anyhow::{bail, Context};
 use bson::{doc, Document};
 use clap::Args;
@@ -11,7 +12,6 @@ use fieldgate::frame::Frame;
 use fieldgate::journal::{Journal, JournalConfig};
 use fieldgate::sink::mongo::MongoConfig;
 use fieldgate::sink::SinkStates;
-use fieldgate::source::sim::synthetic_frame;
 use fieldgate::units::{ByteSize, Positive};
 use mongodb::options::ClientOptions;
 use mongodb::{Client, IndexModel};

@@ -1,17 +1,16 @@
-//! fieldgate's relay latency histogram, read from its `/metrics` over plain HTTP/1.1 (one
-//! request around each bench phase: no HTTP client crate for that), and its quantiles.
-
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+//! fieldgate's relay latency histogram, read from its `/metrics` (one request around each
+//! bench phase), and its quantiles.
 
 /// fieldgate's relay latency histogram from its `/metrics`: cumulative count per bound (s).
 pub async fn relay_histogram(port: u16, key: &str) -> anyhow::Result<Vec<(f64, u64)>> {
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    let req = format!(
-        "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nx-api-key: {key}\r\nConnection: close\r\n\r\n"
-    );
-    s.write_all(req.as_bytes()).await?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).await?;
+    let text = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .header("x-api-key", key)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
     let prefix = "fieldgate_relay_latency_seconds_bucket{le=\"";
     let buckets: Vec<(f64, u64)> = text
         .lines()

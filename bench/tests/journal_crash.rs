@@ -1,16 +1,36 @@
 //! kill -9 at random moments: every frame reported durable survives intact, and seqs are
-//! never reused. A child `fieldgate bench journal --report` appends in a loop and prints
+//! never reused. A child `fieldgate-bench journal --report` appends in a loop and prints
 //! `start N`, `issued N`, `durable N`; the parent SIGKILLs it and checks the journal.
 
-mod common;
-
-use common::{next_line, spawn_lines};
 use fieldgate::journal::{Journal, JournalConfig};
-use fieldgate::source::sim::synthetic_frame;
+use fieldgate_bench::synthetic::synthetic_frame;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 const PAYLOAD: usize = 200;
+
+/// Spawn the bench binary with piped stdout, returning the child and a line reader.
+fn spawn_lines(args: &[&str]) -> (Child, BufReader<ChildStdout>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fieldgate-bench"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn fieldgate-bench");
+    let out = child.stdout.take().expect("stdout");
+    (child, BufReader::new(out))
+}
+
+/// The next line, without the newline; `None` at EOF.
+fn next_line(r: &mut impl BufRead) -> Option<String> {
+    let mut s = String::new();
+    match r.read_line(&mut s) {
+        Ok(0) | Err(_) => None,
+        Ok(_) => Some(s.trim_end().to_string()),
+    }
+}
 
 struct Run {
     start: u64,
@@ -21,7 +41,6 @@ struct Run {
 /// One child run, SIGKILLed `after` its first durable report.
 fn crash_once(data: &str, after: Duration) -> Run {
     let (mut child, mut out) = spawn_lines(&[
-        "bench",
         "journal",
         "--report",
         "--frames",

@@ -1,4 +1,4 @@
-//! `fieldgate bench mqtt`: QoS1 ingest through the real MQTT source into the durable
+//! `fieldgate-bench mqtt`: QoS1 ingest through the real MQTT source into the durable
 //! journal, side by side with `mosquitto_sub` receiving the same stream from the same
 //! broker in the same run.
 //!
@@ -11,7 +11,7 @@
 //! start to exit. The rate the gateway reaches is bounded by the broker's
 //! `max_inflight_messages` / the journal's commit interval, so both are printed.
 
-use super::broker::{free_port, Mosquitto, RawPublisher};
+use crate::broker::{free_port, Mosquitto, RawPublisher};
 use anyhow::{bail, Context};
 use clap::Args;
 use fieldgate::journal::{Journal, JournalConfig};

@@ -1,8 +1,12 @@
 //! Bench plumbing shared by the MQTT and WebSocket benches: a mosquitto started for the
-//! run, and a minimal blocking MQTT 3.1.1 QoS1 publisher that keeps a window of messages
-//! in flight without ever reusing an unacknowledged packet id.
+//! run, and a blocking MQTT 3.1.1 QoS1 publisher that keeps a window of messages in flight
+//! without ever reusing an unacknowledged packet id. Packets are encoded and decoded by
+//! rumqttc's codec (`rumqttc::mqttbytes`), the gateway's own MQTT dependency.
 
 use anyhow::{bail, Context};
+use bytes::BytesMut;
+use rumqttc::mqttbytes::v4::{Connect, Disconnect, Packet, Publish, Subscribe};
+use rumqttc::mqttbytes::{Error as MqttError, QoS};
 use std::io::{BufWriter, Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
@@ -10,6 +14,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// Largest MQTT packet the benches read (mosquitto's default limit is far above any
+/// bench message; this only bounds a corrupt length).
+pub const MAX_PACKET: usize = 1 << 20;
 
 /// A free TCP port on loopback.
 pub fn free_port() -> anyhow::Result<u16> {
@@ -82,87 +90,44 @@ impl Drop for Mosquitto {
     }
 }
 
-/// MQTT "remaining length" varint.
-fn put_len(out: &mut Vec<u8>, mut n: usize) {
-    loop {
-        let mut b = (n % 128) as u8;
-        n /= 128;
-        if n > 0 {
-            b |= 0x80;
-        }
-        out.push(b);
-        if n == 0 {
-            break;
-        }
-    }
-}
-
-/// An MQTT length-prefixed string.
-pub fn put_str(out: &mut Vec<u8>, s: &[u8]) {
-    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
-    out.extend_from_slice(s);
-}
-
-/// A whole MQTT packet: fixed-header byte `head`, remaining length, `body`.
-pub fn packet(head: u8, body: &[u8]) -> Vec<u8> {
-    let mut pkt = vec![head];
-    put_len(&mut pkt, body.len());
-    pkt.extend_from_slice(body);
-    pkt
+/// The bytes of one MQTT packet.
+pub fn encode(packet: Packet) -> anyhow::Result<BytesMut> {
+    let mut out = BytesMut::with_capacity(packet.size());
+    packet
+        .write(&mut out, MAX_PACKET)
+        .map_err(|e| anyhow::anyhow!("encoding MQTT packet: {e:?}"))?;
+    Ok(out)
 }
 
 /// An MQTT 3.1.1 CONNECT (clean session) for `client_id` with `keep_alive_s` (0: off).
-pub fn connect_packet(client_id: &str, keep_alive_s: u16) -> Vec<u8> {
-    let mut body = Vec::new();
-    put_str(&mut body, b"MQTT");
-    body.extend_from_slice(&[4, 0x02]); // level 4, clean session
-    body.extend_from_slice(&keep_alive_s.to_be_bytes());
-    put_str(&mut body, client_id.as_bytes());
-    packet(0x10, &body)
+pub fn connect_packet(client_id: &str, keep_alive_s: u16) -> anyhow::Result<BytesMut> {
+    let mut c = Connect::new(client_id);
+    c.keep_alive = keep_alive_s;
+    encode(Packet::Connect(c))
 }
 
-/// Take every whole MQTT packet off the front of `buf`, handing `each` its fixed-header
-/// byte and body; a partial packet stays for the next read.
-pub fn take_packets(buf: &mut Vec<u8>, mut each: impl FnMut(u8, &[u8])) {
-    let mut at = 0;
+/// A SUBSCRIBE (packet id 1) to one `filter` at `qos`.
+pub fn subscribe_packet(filter: &str, qos: QoS) -> anyhow::Result<BytesMut> {
+    let mut s = Subscribe::new(filter, qos);
+    s.pkid = 1;
+    encode(Packet::Subscribe(s))
+}
+
+/// Take every whole MQTT packet off the front of `buf`, handing each to `each`; a partial
+/// packet stays for the next read.
+pub fn take_packets(buf: &mut BytesMut, mut each: impl FnMut(Packet)) -> anyhow::Result<()> {
     loop {
-        // Fixed header, then the remaining-length varint (at most 4 bytes).
-        let (mut len, mut shift, mut i, mut done) = (0usize, 0u32, at + 1, false);
-        while let Some(&byte) = buf.get(i).filter(|_| shift < 28) {
-            len |= usize::from(byte & 0x7f) << shift;
-            shift += 7;
-            i += 1;
-            if byte & 0x80 == 0 {
-                done = true;
-                break;
-            }
+        match Packet::read(buf, MAX_PACKET) {
+            Ok(p) => each(p),
+            Err(MqttError::InsufficientBytes(_)) => return Ok(()),
+            Err(e) => bail!("malformed MQTT packet from the broker: {e:?}"),
         }
-        let Some(body) = buf.get(i..i + len).filter(|_| done) else {
-            break;
-        };
-        each(buf[at], body);
-        at = i + len;
     }
-    buf.drain(..at);
-}
-
-/// A PUBLISH's packet id (QoS > 0) and payload; `None` for other packets or a malformed one.
-pub fn publish_parts(head: u8, body: &[u8]) -> Option<(Option<u16>, &[u8])> {
-    if head >> 4 != 3 {
-        return None;
-    }
-    let tlen = usize::from(u16::from_be_bytes([*body.first()?, *body.get(1)?]));
-    let rest = body.get(2 + tlen..)?;
-    if head & 0x06 == 0 {
-        return Some((None, rest));
-    }
-    let id = u16::from_be_bytes([*rest.first()?, *rest.get(1)?]);
-    Some((Some(id), rest.get(2..)?))
 }
 
 /// A blocking MQTT 3.1.1 publisher (clean session, no keep-alive) for loading a broker.
 ///
-/// rumqttc's publisher wraps packet ids at its in-flight limit and stalls on a collision
+/// rumqttc's client wraps packet ids at its in-flight limit and stalls on a collision
 /// under sustained load; this one numbers 1..=65535 in order and never has more than
 /// `window` (< 65535) unacknowledged, and the broker acks QoS1 in order, so no id is
 /// reused while outstanding.
@@ -171,7 +136,8 @@ pub struct RawPublisher {
     acked: Arc<AtomicU64>,
     sent: u64,
     window: u64,
-    qos1: bool,
+    qos: QoS,
+    pkt: BytesMut,
     reader: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -180,11 +146,22 @@ impl RawPublisher {
     pub fn connect(port: u16, client_id: &str, window: u16) -> anyhow::Result<RawPublisher> {
         let mut s = TcpStream::connect(("127.0.0.1", port))?;
         s.set_nodelay(true)?;
-        s.write_all(&connect_packet(client_id, 0))?;
-        let mut connack = [0u8; 4];
-        s.read_exact(&mut connack)?;
-        if connack[0] != 0x20 || connack[3] != 0 {
-            bail!("broker refused the publisher: CONNACK {connack:?}");
+        s.write_all(&connect_packet(client_id, 0)?)?;
+        let mut buf = BytesMut::new();
+        let mut chunk = [0u8; 64];
+        let connack = loop {
+            let n = s.read(&mut chunk)?;
+            anyhow::ensure!(n > 0, "broker closed before CONNACK");
+            buf.extend_from_slice(&chunk[..n]);
+            match Packet::read(&mut buf, MAX_PACKET) {
+                Ok(p) => break p,
+                Err(MqttError::InsufficientBytes(_)) => continue,
+                Err(e) => bail!("bad CONNACK: {e:?}"),
+            }
+        };
+        match connack {
+            Packet::ConnAck(a) if a.code == rumqttc::mqttbytes::v4::ConnectReturnCode::Success => {}
+            other => bail!("broker refused the publisher: {other:?}"),
         }
         let acked = Arc::new(AtomicU64::new(0));
         let mut rd = s.try_clone()?;
@@ -192,22 +169,28 @@ impl RawPublisher {
         let reader = std::thread::Builder::new()
             .name("bench-puback".into())
             .spawn(move || {
-                let mut buf = [0u8; 4096];
-                let mut have = 0usize;
+                let mut buf = BytesMut::with_capacity(8 << 10);
+                let mut chunk = [0u8; 4096];
                 loop {
-                    match rd.read(&mut buf[have..]) {
+                    match rd.read(&mut chunk) {
                         Ok(0) | Err(_) => return,
-                        Ok(n) => have += n,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
                     }
-                    // PUBACKs are 4 bytes each: 0x40 0x02 id id.
-                    let whole = have / 4 * 4;
-                    if buf[..whole].chunks(4).any(|c| c[0] != 0x40) {
-                        eprintln!("publisher: unexpected packet from broker");
+                    let mut acks = 0;
+                    let mut other = None;
+                    let read = take_packets(&mut buf, |p| match p {
+                        Packet::PubAck(_) => acks += 1,
+                        p => other = Some(p),
+                    });
+                    counter.fetch_add(acks, Relaxed);
+                    if let Err(e) = read {
+                        eprintln!("publisher: {e:#}");
                         return;
                     }
-                    counter.fetch_add((whole / 4) as u64, Relaxed);
-                    buf.copy_within(whole..have, 0);
-                    have -= whole;
+                    if let Some(p) = other {
+                        eprintln!("publisher: unexpected packet from broker: {p:?}");
+                        return;
+                    }
                 }
             })?;
         Ok(RawPublisher {
@@ -215,20 +198,26 @@ impl RawPublisher {
             acked,
             sent: 0,
             window: u64::from(window.clamp(1, 65_000)),
-            qos1: true,
+            qos: QoS::AtLeastOnce,
+            pkt: BytesMut::with_capacity(1024),
             reader: Some(reader),
         })
     }
 
     /// Publish at QoS 0 (`qos` 0: no packet id, no PUBACK, no window) or QoS 1 (any other).
     pub fn with_qos(mut self, qos: u8) -> RawPublisher {
-        self.qos1 = qos != 0;
+        self.qos = if qos == 0 {
+            QoS::AtMostOnce
+        } else {
+            QoS::AtLeastOnce
+        };
         self
     }
 
     /// Publish one message; at QoS1, wait while the window is full.
     pub fn publish(&mut self, topic: &str, payload: &[u8]) -> anyhow::Result<()> {
-        if self.qos1 && self.sent - self.acked.load(Relaxed) >= self.window {
+        let qos1 = self.qos == QoS::AtLeastOnce;
+        if qos1 && self.sent - self.acked.load(Relaxed) >= self.window {
             self.out.flush()?;
             while self.sent - self.acked.load(Relaxed) >= self.window {
                 if self.reader.as_ref().is_some_and(|r| r.is_finished()) {
@@ -237,19 +226,16 @@ impl RawPublisher {
                 std::thread::sleep(Duration::from_micros(100));
             }
         }
-        let id_len = if self.qos1 { 2 } else { 0 };
-        let mut pkt = Vec::with_capacity(payload.len() + topic.len() + 8);
-        pkt.push(if self.qos1 { 0x32 } else { 0x30 });
-        put_len(&mut pkt, 2 + topic.len() + id_len + payload.len());
-        put_str(&mut pkt, topic.as_bytes());
-        if self.qos1 {
-            let pkid = (self.sent % 65_535 + 1) as u16;
-            pkt.extend_from_slice(&pkid.to_be_bytes());
+        let mut p = Publish::new(topic, self.qos, payload);
+        if qos1 {
+            p.pkid = (self.sent % 65_535 + 1) as u16;
             // `sent` counts QoS1 messages only: the ones a PUBACK answers.
             self.sent += 1;
         }
-        pkt.extend_from_slice(payload);
-        Ok(self.out.write_all(&pkt)?)
+        self.pkt.clear();
+        p.write(&mut self.pkt)
+            .map_err(|e| anyhow::anyhow!("encoding PUBLISH: {e:?}"))?;
+        Ok(self.out.write_all(&self.pkt)?)
     }
 
     /// Write out what [`RawPublisher::publish`] buffered.
@@ -277,7 +263,10 @@ impl RawPublisher {
 
 impl Drop for RawPublisher {
     fn drop(&mut self) {
-        let _ = self.out.write_all(&[0xE0, 0]); // DISCONNECT
+        self.pkt.clear();
+        if Disconnect.write(&mut self.pkt).is_ok() {
+            let _ = self.out.write_all(&self.pkt);
+        }
         let _ = self.out.flush();
         let _ = self.out.get_ref().shutdown(std::net::Shutdown::Both);
         if let Some(r) = self.reader.take() {
@@ -291,24 +280,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn takes_whole_packets_and_keeps_the_rest() {
-        let mut body = Vec::new();
-        put_str(&mut body, b"a/b");
-        body.extend_from_slice(&7u16.to_be_bytes());
-        body.extend_from_slice(&[b'x'; 200]); // a two-byte remaining length
-        let qos1 = packet(0x32, &body);
-        let mut buf = [qos1.clone(), vec![0x40, 2, 0, 7], qos1[..5].to_vec()].concat();
+    fn takes_whole_packets_and_keeps_the_rest() -> anyhow::Result<()> {
+        let mut p = Publish::new("a/b", QoS::AtLeastOnce, vec![b'x'; 200]); // 2-byte length
+        p.pkid = 7;
+        let qos1 = encode(Packet::Publish(p.clone()))?;
+        let ack = encode(Packet::PubAck(rumqttc::mqttbytes::v4::PubAck::new(7)))?;
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&qos1);
+        buf.extend_from_slice(&ack);
+        buf.extend_from_slice(&qos1[..5]);
         let mut seen = Vec::new();
-        take_packets(&mut buf, |head, body| {
-            seen.push((head, publish_parts(head, body).map(|(id, p)| (id, p.len()))))
-        });
-        assert_eq!(seen, vec![(0x32, Some((Some(7), 200))), (0x40, None)]);
-        assert_eq!(buf, qos1[..5], "the partial packet waits for more bytes");
-        let qos0 = packet(0x30, &[0, 1, b't', b'p']);
-        take_packets(&mut qos0.clone(), |head, body| {
-            assert_eq!(publish_parts(head, body), Some((None, &b"p"[..])));
-        });
-        assert_eq!(publish_parts(0x32, &[0, 9, b'x']), None, "truncated");
+        take_packets(&mut buf, |p| seen.push(p))?;
+        assert_eq!(
+            seen,
+            vec![
+                Packet::Publish(p),
+                Packet::PubAck(rumqttc::mqttbytes::v4::PubAck::new(7))
+            ]
+        );
+        assert_eq!(
+            &buf[..],
+            &qos1[..5],
+            "the partial packet waits for more bytes"
+        );
+        let mut bad = BytesMut::from(&[0xF0u8, 0][..]); // packet type 15 does not exist
+        assert!(take_packets(&mut bad, |_| {}).is_err());
+        Ok(())
     }
 
     /// The publisher's bytes as a broker reads them: QoS1 with ids 1, 2, then QoS0 without.
@@ -332,24 +329,25 @@ mod tests {
             .err()
             .context("two QoS1 messages unacked")?;
         drop(p);
-        let mut bytes = broker
+        let bytes = broker
             .join()
             .map_err(|_| anyhow::anyhow!("broker thread"))??;
+        let mut buf = BytesMut::from(&bytes[..]);
         let mut got = Vec::new();
-        take_packets(&mut bytes, |head, body| {
-            got.push((
-                head,
-                publish_parts(head, body).map(|(id, p)| (id, p.to_vec())),
-            ))
-        });
-        assert_eq!(got[0].0, 0x10, "CONNECT first");
+        take_packets(&mut buf, |p| got.push(p))?;
+        assert!(matches!(&got[0], Packet::Connect(c) if c.client_id == "t" && c.clean_session));
+        let publish = |payload: &[u8], qos, pkid| {
+            let mut p = Publish::new("a/b", qos, payload);
+            p.pkid = pkid;
+            Packet::Publish(p)
+        };
         assert_eq!(
             got[1..],
             [
-                (0x32, Some((Some(1), b"one".to_vec()))),
-                (0x32, Some((Some(2), b"two".to_vec()))),
-                (0x30, Some((None, b"three".to_vec()))),
-                (0xE0, None),
+                publish(b"one", QoS::AtLeastOnce, 1),
+                publish(b"two", QoS::AtLeastOnce, 2),
+                publish(b"three", QoS::AtMostOnce, 0),
+                Packet::Disconnect,
             ]
         );
         Ok(())
