@@ -9,6 +9,9 @@ pub mod auth;
 pub mod command;
 pub mod config;
 pub mod frame;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzz_api;
 pub mod journal;
 pub mod metrics;
 pub mod notify;

@@ -129,6 +129,12 @@ pub fn render(st: &AppState) -> String {
         j.flushes,
     );
     o.one(
+        "fieldgate_journal_write_failing",
+        "gauge",
+        "1 while journal writes keep failing (a full disk, ...).",
+        u8::from(j.write_failing),
+    );
+    o.one(
         "fieldgate_journal_decode_errors_total",
         "counter",
         "Undecodable records skipped.",
@@ -188,6 +194,25 @@ pub fn render(st: &AppState) -> String {
         "sink",
         |s| s.resent,
     );
+    o.each(
+        "fieldgate_sink_collisions_total",
+        "counter",
+        "Frames whose _id the destination held for a different frame (re-journaled).",
+        &sinks,
+        "sink",
+        |s| s.collisions,
+    );
+    let name = "fieldgate_sink_encode_fallbacks_total";
+    o.head(
+        name,
+        "counter",
+        "Frames not stored as plain documents, by reason.",
+    );
+    for (sink, s) in &sinks {
+        for (reason, n) in &s.encode_fallbacks {
+            o.val(name, &[("sink", sink), ("reason", reason)], n);
+        }
+    }
     o.each(
         "fieldgate_sink_lag_frames",
         "gauge",

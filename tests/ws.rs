@@ -225,6 +225,24 @@ fn filters_ping_broadcast_command_and_bad_messages() {
             .as_str()
             .unwrap_or("")
             .contains("control"));
+        // The scope is checked before the command is parsed: a key without control learns
+        // that it lacks the scope, not what is wrong with the command.
+        for data in [
+            json!({"device": "sim-gps", "bogus": 1}),
+            json!({"device": "sim-gps", "can": {"id": "0x7FF", "data": "zz"}}),
+            json!("not an object"),
+        ] {
+            ws_send(&mut a, json!({"type": "command", "data": data})).await;
+            let e = ws_next_of(&mut a, "error").await;
+            assert_eq!(
+                e["message"], "command needs the control scope",
+                "{data}: {e}"
+            );
+        }
+        ws_send(&mut b, json!({"type": "broadcast", "extra": 1})).await;
+        assert!(ws_next_of(&mut b, "error").await["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("bad message")));
         let (mut c, _) = ws_connect(gw.port, "/ws", Some(&k.control), Some("c"))
             .await
             .expect("c");

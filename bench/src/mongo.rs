@@ -6,11 +6,10 @@
 
 use crate::synthetic::synthetic_frame;
 use anyhow::{bail, Context};
-use bson::{doc, Document};
+use bson::{doc, Document, RawDocumentBuf};
 use clap::Args;
-use fieldgate::frame::Frame;
 use fieldgate::journal::{Journal, JournalConfig};
-use fieldgate::sink::mongo::MongoConfig;
+use fieldgate::sink::mongo::{encode, MongoConfig};
 use fieldgate::sink::SinkStates;
 use fieldgate::units::{ByteSize, Positive};
 use mongodb::options::ClientOptions;
@@ -234,17 +233,21 @@ async fn drain(
 
     // 2. Raw: the same documents straight into a collection with the same indexes, under
     // the sink's write concern (`majority`, `j: true`).
-    let raw = c.database(db).collection::<Document>("raw_frames");
+    let raw = c.database(db).collection::<RawDocumentBuf>("raw_frames");
     let wc = MongoConfig::with_uri(uri.to_string()).write_concern();
     raw.create_indexes(frames_indexes()).await?;
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Document>>(4);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<RawDocumentBuf>>(4);
     let j = journal.clone();
     // Documents are built on another thread, overlapping the inserts, so this measures
     // the server (and the driver), not our document building.
     let producer = std::thread::spawn(move || {
         let mut seq = 1;
         while seq <= n {
-            let docs: Vec<Document> = j.range(seq, batch).iter().map(Frame::to_document).collect();
+            let docs: Vec<RawDocumentBuf> = j
+                .range(seq, batch)
+                .iter()
+                .map(|f| encode::encode(f).doc)
+                .collect();
             let Some(last) = docs.last().and_then(|d| d.get_i64("seq").ok()) else {
                 break;
             };

@@ -81,10 +81,10 @@ impl Filters {
     }
 }
 
-/// A client message: the TMD envelope.
+/// A client message's TMD envelope: its type and the still unparsed `data`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Incoming {
+pub struct Incoming {
     #[serde(rename = "type")]
     kind: String,
     #[serde(default)]
@@ -96,14 +96,86 @@ struct Incoming {
 /// A command for a device (`source` picks one when several sources route the device).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Command {
-    device: String,
+pub struct Command {
+    /// The device it is for.
+    pub device: String,
+    /// The source to route it through, when several sources route the device.
     #[serde(default)]
-    source: Option<String>,
-    payload: Value,
+    pub source: Option<String>,
+    /// What to write to it.
+    #[serde(default)]
+    pub payload: Value,
     /// A CAN frame to transmit (see `source::can::command`).
     #[serde(default)]
-    can: Option<Value>,
+    pub can: Option<Value>,
+}
+
+/// A client message, parsed: the TMD envelope and the `data` its type expects.
+#[derive(Debug)]
+pub enum ClientMessage {
+    /// `ping`: answered by a `pong` carrying the same data.
+    Ping(Value),
+    /// `subscribe`: the new filters (and replay start).
+    Subscribe(Filters),
+    /// `unsubscribe`.
+    Unsubscribe,
+    /// `broadcast` (scope `publish`): data relayed to every client.
+    Broadcast(Value),
+    /// `command` (scope `control`): a payload for one device (a `can` frame checked and
+    /// moved into it).
+    Command(Command),
+}
+
+/// Parses one client text message; the error is the text of the `error` reply.
+pub fn parse_client_message(text: &str) -> Result<ClientMessage, String> {
+    Incoming::parse(text)?.into_message()
+}
+
+impl Incoming {
+    /// Parses the envelope of one client text message (its `data` is parsed by
+    /// [`Incoming::into_message`], once the sender's scope allows the type).
+    pub fn parse(text: &str) -> Result<Incoming, String> {
+        serde_json::from_str(text).map_err(|e| format!("bad message: {e}"))
+    }
+
+    /// The scope a key needs to send this type, beyond `read`.
+    pub fn needs(&self) -> Option<Scope> {
+        match self.kind.as_str() {
+            "broadcast" => Some(Scope::Publish),
+            "command" => Some(Scope::Control),
+            _ => None,
+        }
+    }
+
+    /// The message its type names, with `data` parsed for it.
+    pub fn into_message(self) -> Result<ClientMessage, String> {
+        let parsed = self;
+        let _ = parsed.message;
+        match parsed.kind.as_str() {
+            "ping" => Ok(ClientMessage::Ping(parsed.data)),
+            "subscribe" => {
+                let data = if parsed.data.is_null() {
+                    json!({})
+                } else {
+                    parsed.data
+                };
+                serde_json::from_value(data)
+                    .map(ClientMessage::Subscribe)
+                    .map_err(|e| format!("bad subscribe: {e}"))
+            }
+            "unsubscribe" => Ok(ClientMessage::Unsubscribe),
+            "broadcast" => Ok(ClientMessage::Broadcast(parsed.data)),
+            "command" => {
+                let mut cmd: Command =
+                    serde_json::from_value(parsed.data).map_err(|e| format!("bad command: {e}"))?;
+                cmd.payload =
+                    crate::source::can::command::routed_payload(cmd.payload, cmd.can.take())
+                        .map_err(|e| format!("bad command: {e}"))?;
+                Ok(ClientMessage::Command(cmd))
+            }
+            other => Err(format!("unknown message type {other:?}")),
+        }
+    }
 }
 
 /// Why a session ended (for the log).
@@ -344,23 +416,23 @@ impl Session {
                     .await
             }
         };
-        let parsed: Incoming = match serde_json::from_str(&text) {
+        // The scope first: a key that may not send this type learns only that, whatever
+        // its data holds.
+        let envelope = match Incoming::parse(&text) {
             Ok(m) => m,
-            Err(e) => return self.error(&format!("bad message: {e}")).await,
+            Err(e) => return self.error(&e).await,
         };
-        let _ = parsed.message;
-        match parsed.kind.as_str() {
-            "ping" => self.reply(tmd("pong", "pong", parsed.data)).await,
-            "subscribe" => {
-                let data = if parsed.data.is_null() {
-                    json!({})
-                } else {
-                    parsed.data
-                };
-                let filters: Filters = match serde_json::from_value(data) {
-                    Ok(f) => f,
-                    Err(e) => return self.error(&format!("bad subscribe: {e}")).await,
-                };
+        if let Some(scope) = envelope.needs().filter(|s| !self.key.allows(*s)) {
+            let what = format!("{} needs the {scope} scope", envelope.kind);
+            return self.error(&what).await;
+        }
+        let parsed = match envelope.into_message() {
+            Ok(m) => m,
+            Err(e) => return self.error(&e).await,
+        };
+        match parsed {
+            ClientMessage::Ping(data) => self.reply(tmd("pong", "pong", data)).await,
+            ClientMessage::Subscribe(filters) => {
                 let shown = serde_json::to_value(&filters).unwrap_or(Value::Null);
                 self.ctx
                     .hub
@@ -378,38 +450,23 @@ impl Session {
                 })
                 .await
             }
-            "unsubscribe" => {
+            ClientMessage::Unsubscribe => {
                 let reply = tmd("subscribed", "unsubscribed", json!({"active": false}));
                 self.reply_with(reply, |st| st.mode = Mode::Off).await
             }
-            "broadcast" => {
-                if !self.key.allows(Scope::Publish) {
-                    return self.error("broadcast needs the publish scope").await;
-                }
+            ClientMessage::Broadcast(data) => {
                 let msg = tmd(
                     "broadcast",
                     "broadcast",
-                    json!({"from": self.key.name, "data": parsed.data}),
+                    json!({"from": self.key.name, "data": data}),
                 );
                 self.ctx.hub.broadcast(msg);
                 Ok(())
             }
-            "command" => {
-                if !self.key.allows(Scope::Control) {
-                    return self.error("command needs the control scope").await;
-                }
-                let mut cmd: Command = match serde_json::from_value(parsed.data) {
-                    Ok(c) => c,
-                    Err(e) => return self.error(&format!("bad command: {e}")).await,
-                };
-                match crate::source::can::command::routed_payload(cmd.payload, cmd.can.take()) {
-                    Ok(p) => cmd.payload = p,
-                    Err(e) => return self.error(&format!("bad command: {e}")).await,
-                }
+            ClientMessage::Command(cmd) => {
                 let reply = self.command(cmd);
                 self.reply(reply).await
             }
-            other => self.error(&format!("unknown message type {other:?}")).await,
         }
     }
 

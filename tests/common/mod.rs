@@ -6,6 +6,7 @@ pub mod can;
 pub mod mongo;
 pub mod mqtt;
 pub mod serial;
+pub mod sink;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
