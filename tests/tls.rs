@@ -86,7 +86,7 @@ fn https_and_wss_with_a_self_signed_certificate_and_a_pinned_fingerprint() {
     assert_eq!(code, 0, "{err}");
     let key = key.trim().to_string();
 
-    let gw = Gateway::run(&config, port, &key, dir.path());
+    let gw = Gateway::run_tls(&config, port, &key, dir.path());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

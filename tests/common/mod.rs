@@ -94,7 +94,38 @@ impl Gateway {
         )
     }
 
+    /// `fieldgate run --config FILE` whose listener serves TLS: ready once it accepts TCP
+    /// (the test speaks HTTPS to it with its own trust).
+    pub fn run_tls(config: &Path, port: u16, key: &str, logs_in: &Path) -> Gateway {
+        let cfg = config.to_string_lossy().to_string();
+        let args = ["run", "--config", &cfg];
+        let gw = Gateway::start(&args, port, key.to_string(), logs_in, &[]);
+        let t0 = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "gateway did not listen; log:\n{}",
+                gw.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        gw
+    }
+
     fn spawn(
+        args: &[&str],
+        port: u16,
+        key: String,
+        logs_in: &Path,
+        env: &[(&str, &str)],
+    ) -> Gateway {
+        let gw = Gateway::start(args, port, key, logs_in, env);
+        gw.wait_ready();
+        gw
+    }
+
+    /// Start the binary, its stderr in `logs_in`, without waiting for it.
+    fn start(
         args: &[&str],
         port: u16,
         key: String,
@@ -112,14 +143,12 @@ impl Gateway {
             .stderr(err)
             .spawn()
             .expect("spawn fieldgate");
-        let gw = Gateway {
+        Gateway {
             child,
             port,
             key,
             stderr_log,
-        };
-        gw.wait_ready();
-        gw
+        }
     }
 
     /// Block until `GET /healthz` answers 200 (or panic after 20 s with the log).
