@@ -71,8 +71,10 @@ pub async fn run(cfg: Config, opts: RunOptions) -> anyhow::Result<()> {
         shutdown: shutdown.clone(),
         commands: commands.clone(),
     };
+    // Simulators first: a pty-mode one has its devices in place before the sources that
+    // read them make their first attempt.
     for s in cfg.sources.sim.iter().cloned() {
-        tasks.spawn(sim::run(s.clone(), ctx(&s.name, "sim")));
+        tasks.spawn(sim::start(s.clone(), ctx(&s.name, "sim")));
     }
     // [serial sources]
     for s in cfg.sources.serial.iter().cloned() {
