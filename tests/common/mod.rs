@@ -60,7 +60,15 @@ impl Gateway {
 
     /// `fieldgate demo` with extra environment variables.
     pub fn demo_env(data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Gateway {
-        let port = free_port();
+        Gateway::demo_at(data, free_port(), extra, env)
+    }
+
+    /// `fieldgate demo` on a given port.
+    pub fn demo_on(data: &Path, port: u16) -> Gateway {
+        Gateway::demo_at(data, port, &[], &[])
+    }
+
+    fn demo_at(data: &Path, port: u16, extra: &[&str], env: &[(&str, &str)]) -> Gateway {
         let key = "fg_test_key_0123456789".to_string();
         let listen = format!("127.0.0.1:{port}");
         let mut args = vec!["demo", "--listen", &listen, "--api-key", &key];
