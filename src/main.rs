@@ -72,6 +72,9 @@ enum Cmd {
     },
     /// Watch live frames from a gateway (filters, backfill, JSON lines).
     Tail(tail::TailArgs),
+    /// Check an installation part by part (config, journal, ports, brokers, MongoDB,
+    /// listener, clock): one line each with a verdict and the fix; exit 0 when none failed.
+    Doctor(fieldgate::doctor::DoctorArgs),
     /// Measure performance; prints numbers.
     Bench {
         #[command(subcommand)]
@@ -330,6 +333,15 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             out.flush()?;
             journal.close()?;
             Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Doctor(args) => {
+            let report = runtime()?.block_on(fieldgate::doctor::run(&args));
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.text());
+            }
+            Ok(ExitCode::from(report.exit_code()))
         }
         Cmd::Tail(args) => {
             runtime()?.block_on(tail::run(args))?;
