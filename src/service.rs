@@ -105,6 +105,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> anyhow::Result<()> {
 
     let sinks_view = sinks.clone();
     let sources_view = sources.clone();
+    let keys_at_exit = keys.clone();
     let state = AppState {
         gateway: gateway.clone(),
         journal: journal.clone(),
@@ -155,6 +156,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> anyhow::Result<()> {
         Err(_) => tracing::warn!("API server did not drain in 5 s"),
         _ => {}
     }
+    keys_at_exit.persist_last_used();
     let j = journal.clone();
     tokio::task::spawn_blocking(move || j.close())
         .await

@@ -1,0 +1,244 @@
+//! The `keys` command: add, list and revoke API keys in a gateway's journal.
+//!
+//! Keys live in the journal, which belongs to the service user (`fieldgate`) and is locked
+//! while the service runs. Opening it as the wrong user fails deep inside the storage
+//! engine, and opening it as root leaves files the service can no longer open, so this
+//! command checks who owns the journal before touching it and says how to run it as that
+//! user. It never creates a journal it was not pointed at.
+
+use anyhow::{bail, Context};
+use fieldgate::auth::{KeyInfo, KeyStore, Scope};
+use fieldgate::doctor::access;
+use fieldgate::journal::{Journal, JournalConfig, JournalError};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+/// What `keys` was asked to do.
+pub enum Action {
+    /// Create a key named `name` with `scopes`.
+    Add {
+        /// Who or what uses the key.
+        name: String,
+        /// Granted scopes.
+        scopes: Vec<Scope>,
+    },
+    /// List keys.
+    List,
+    /// Revoke keys by id or name.
+    Revoke {
+        /// Id or name.
+        which: String,
+    },
+}
+
+/// Run `action` on the journal `jc` names.
+pub fn run(jc: JournalConfig, action: Action) -> anyhow::Result<()> {
+    check_access(&jc.path, matches!(action, Action::Add { .. }))?;
+    let path = jc.path.clone();
+    let journal = Journal::open(jc).map_err(|e| match e {
+        JournalError::Locked(_) => anyhow::anyhow!(
+            "the running gateway holds the journal {}: stop it first (sudo systemctl stop \
+             fieldgate), manage the keys, then start it again; it reads them at every request",
+            path.display()
+        ),
+        other => anyhow::Error::new(other).context(format!("cannot open {}", path.display())),
+    })?;
+    let store = KeyStore::persistent(journal.tree("keys")?);
+    match action {
+        Action::Add { name, scopes } => {
+            let (key, info) = store.add(&name, &scopes)?;
+            println!("{key}");
+            eprintln!(
+                "key {} for {:?} with scopes {}; shown once, store it now",
+                info.id,
+                info.name,
+                scopes_text(&info)
+            );
+        }
+        Action::List => print!("{}", table(&store.list()?)),
+        Action::Revoke { which } => {
+            let n = store.revoke(&which)?;
+            println!("revoked {n} key(s)");
+        }
+    }
+    journal.close()?;
+    Ok(())
+}
+
+fn scopes_text(k: &KeyInfo) -> String {
+    let scopes: Vec<String> = k.scopes.iter().map(|s| s.to_string()).collect();
+    scopes.join(",")
+}
+
+/// Unix ms as ISO 8601 UTC to the second, e.g. `2026-11-30T21:40:05Z`.
+fn iso8601(ms: i64) -> String {
+    bson::DateTime::from_millis(ms - ms.rem_euclid(1000))
+        .try_to_rfc3339_string()
+        .unwrap_or_else(|_| format!("@{ms}ms"))
+}
+
+/// `keys list` as an aligned table with a header.
+fn table(keys: &[KeyInfo]) -> String {
+    let mut rows = vec![[
+        "ID".to_string(),
+        "NAME".into(),
+        "SCOPES".into(),
+        "CREATED (UTC)".into(),
+        "LAST USED (UTC)".into(),
+    ]];
+    for k in keys {
+        rows.push([
+            k.id.clone(),
+            k.name.clone(),
+            scopes_text(k),
+            iso8601(k.created_ms),
+            k.last_used_ms.map_or_else(|| "never".into(), iso8601),
+        ]);
+    }
+    let mut width = [0usize; 5];
+    for r in &rows {
+        for (w, cell) in width.iter_mut().zip(r) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for r in &rows {
+        let cells: Vec<String> = r
+            .iter()
+            .zip(width)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    if keys.is_empty() {
+        out.push_str("(no keys yet: fieldgate keys add NAME --scopes read)\n");
+    }
+    out
+}
+
+/// This command line, as the user would type it again after `sudo -u OWNER`.
+fn command_line() -> String {
+    let quote = |a: String| {
+        if !a.is_empty()
+            && a.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./=,:@".contains(c))
+        {
+            a
+        } else {
+            format!("'{}'", a.replace('\'', r"'\''"))
+        }
+    };
+    std::env::args().map(quote).collect::<Vec<_>>().join(" ")
+}
+
+/// Refuses, naming the owner and the command to run instead, when this user cannot (or
+/// must not) open the journal at `path`; a missing journal is refused unless `creating`.
+fn check_access(path: &Path, creating: bool) -> anyhow::Result<()> {
+    let me = nix::unistd::geteuid();
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if !creating {
+                bail!(
+                    "no journal at {}: check --config / --data (nothing was created)",
+                    path.display()
+                );
+            }
+            let parent = access::nearest_existing(path);
+            let parent_meta = std::fs::metadata(&parent)
+                .with_context(|| format!("cannot look at {}", parent.display()))?;
+            if !me.is_root()
+                && nix::unistd::access(&parent, nix::unistd::AccessFlags::W_OK).is_err()
+            {
+                let owner = access::user_name(parent_meta.uid());
+                bail!(
+                    "cannot create the journal {}: {} belongs to {owner} and this user ({}) \
+                     may not write there; run it as {owner}: sudo -u {owner} {}",
+                    path.display(),
+                    parent.display(),
+                    access::user_name(me.as_raw()),
+                    command_line()
+                );
+            }
+            return Ok(());
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            // A directory on the way is closed to us: the deepest one we can still see.
+            let blocking = path
+                .ancestors()
+                .skip(1)
+                .find(|a| std::fs::metadata(a).is_ok())
+                .unwrap_or(path);
+            let owner = std::fs::metadata(blocking)
+                .map_or_else(|_| "its owner".to_string(), |m| access::user_name(m.uid()));
+            bail!(
+                "permission denied: cannot reach the journal {} ({} belongs to {owner}); run \
+                 it as {owner}: sudo -u {owner} {}",
+                path.display(),
+                blocking.display(),
+                command_line()
+            );
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot look at {}", path.display())),
+    };
+    let owner_uid = meta.uid();
+    if owner_uid == me.as_raw() {
+        return Ok(());
+    }
+    let owner = access::user_name(owner_uid);
+    if me.is_root() {
+        bail!(
+            "the journal {} belongs to {owner}: as root this would leave files the service \
+             cannot open; run it as {owner}: sudo -u {owner} {}",
+            path.display(),
+            command_line()
+        );
+    }
+    let rw = nix::unistd::AccessFlags::R_OK
+        | nix::unistd::AccessFlags::W_OK
+        | nix::unistd::AccessFlags::X_OK;
+    let db = path.join("db");
+    let denied = nix::unistd::access(path, rw).is_err()
+        || (db.exists() && nix::unistd::access(&db, rw & !nix::unistd::AccessFlags::X_OK).is_err());
+    if denied {
+        bail!(
+            "permission denied: the journal {} belongs to {owner}, not to {}; run it as \
+             {owner}: sudo -u {owner} {}",
+            path.display(),
+            access::user_name(me.as_raw()),
+            command_line()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_has_a_header_iso_times_and_last_use() {
+        let mut k = KeyInfo {
+            name: "tech".into(),
+            scopes: [Scope::Read, Scope::Write].into_iter().collect(),
+            created_ms: 1_764_538_805_123,
+            id: "1a2b3c4d".into(),
+            last_used_ms: None,
+        };
+        let t = table(std::slice::from_ref(&k));
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(
+            lines[0].starts_with("ID        NAME  SCOPES      CREATED (UTC)"),
+            "{t}"
+        );
+        assert!(
+            lines[1].starts_with("1a2b3c4d  tech  read,write  2025-11-30T21:40:05Z"),
+            "{t}"
+        );
+        assert!(lines[1].ends_with("never"), "{t}");
+        k.last_used_ms = Some(1_764_538_900_000);
+        assert!(table(&[k]).contains("2025-11-30T21:41:40Z"));
+        assert!(table(&[]).contains("no keys yet"));
+    }
+}
