@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// One telemetry record (DESIGN.md §2).
+/// One telemetry record (the contract: docs/architecture.md, "Frame").
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Frame {
     /// Assigned by the journal; strictly increasing per gateway, never reused.
