@@ -77,6 +77,13 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// Unix ms as ISO 8601 UTC to the second, e.g. `2026-11-30T21:40:05Z` (for people).
+pub fn iso8601(ms: i64) -> String {
+    bson::DateTime::from_millis(ms - ms.rem_euclid(1000))
+        .try_to_rfc3339_string()
+        .unwrap_or_else(|_| format!("@{ms}ms"))
+}
+
 impl Frame {
     /// A frame not yet journaled (seq 0 until `Journal::append` assigns one).
     pub fn new(gateway: &str, source: &str, device: &str, kind: &str, payload: Value) -> Self {

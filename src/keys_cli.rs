@@ -9,6 +9,7 @@
 use anyhow::{bail, Context};
 use fieldgate::auth::{KeyInfo, KeyStore, Scope};
 use fieldgate::doctor::access;
+use fieldgate::frame::iso8601;
 use fieldgate::journal::{Journal, JournalConfig, JournalError};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -68,13 +69,6 @@ pub fn run(jc: JournalConfig, action: Action) -> anyhow::Result<()> {
 fn scopes_text(k: &KeyInfo) -> String {
     let scopes: Vec<String> = k.scopes.iter().map(|s| s.to_string()).collect();
     scopes.join(",")
-}
-
-/// Unix ms as ISO 8601 UTC to the second, e.g. `2026-11-30T21:40:05Z`.
-fn iso8601(ms: i64) -> String {
-    bson::DateTime::from_millis(ms - ms.rem_euclid(1000))
-        .try_to_rfc3339_string()
-        .unwrap_or_else(|_| format!("@{ms}ms"))
 }
 
 /// `keys list` as an aligned table with a header.

@@ -17,7 +17,7 @@
 pub mod access;
 mod clock;
 mod journal;
-mod listen;
+pub mod listen;
 mod mongo;
 mod mqtt;
 pub mod ports;

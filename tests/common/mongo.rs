@@ -49,7 +49,7 @@ pub fn secantusd_path() -> PathBuf {
         });
     assert!(
         p.exists(),
-        "SecantusDB server not found at {} — install it as docs/architecture.md, Test services, says \
+        "SecantusDB server not found at {} — install it as \"Test services\" in docs/architecture.md says \
          (scripts/test does) or set FIELDGATE_TEST_SECANTUSD / FIELDGATE_TEST_MONGODB_URI",
         p.display()
     );
