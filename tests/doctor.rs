@@ -9,7 +9,7 @@ mod common;
 use common::mongo::{block, unique_db, MongoServer};
 use common::mqtt::Mosquitto;
 use common::serial::{Device, Emulator};
-use common::{free_port, Gateway};
+use common::{chown, free_port, Gateway};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -293,17 +293,6 @@ fn mongo_up_with_and_without_indexes_and_down() {
     let (code, r) = doctor(&cfg, &["--user", "--only", "mongo"]);
     assert_part(&r, "mongo", "fail", "unreachable");
     assert_eq!(code, 1);
-}
-
-/// `chown -R user: path`.
-fn chown(path: &Path, user: &str) {
-    let st = Command::new("chown")
-        .arg("-R")
-        .arg(format!("{user}:"))
-        .arg(path)
-        .status()
-        .expect("chown");
-    assert!(st.success(), "chown {user} {}", path.display());
 }
 
 #[test]

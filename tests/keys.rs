@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{free_port, run_cli, Gateway};
+use common::{chown, free_port, run_cli, run_cli_as_nobody, Gateway};
 use std::path::Path;
 use std::process::Command;
 
@@ -181,17 +181,6 @@ fn duplicate_names_are_refused_and_the_list_shows_times_scopes_and_last_use() {
     assert!(used.is_some_and(iso), "last used after a request: {list}");
 }
 
-/// `chown -R user: path`.
-fn chown(path: &Path, user: &str) {
-    let st = Command::new("chown")
-        .arg("-R")
-        .arg(format!("{user}:"))
-        .arg(path)
-        .status()
-        .expect("chown");
-    assert!(st.success());
-}
-
 #[test]
 fn permission_problems_name_the_owner_and_the_command_to_run() {
     assert!(nix::unistd::geteuid().is_root(), "run the tests as root");
@@ -212,14 +201,8 @@ fn permission_problems_name_the_owner_and_the_command_to_run() {
     .expect("chmod");
 
     // Another user against root's journal (run as nobody).
-    let out = Command::new("setpriv")
-        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
-        .arg(common::bin())
-        .args(["keys", "list", "--data", &j])
-        .output()
-        .expect("setpriv");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_ne!(out.status.code(), Some(0));
+    let (code, _, err) = run_cli_as_nobody(&["keys", "list", "--data", &j]);
+    assert_ne!(code, 0);
     assert!(
         err.contains(&format!(
             "permission denied: the journal {j} belongs to root, not to nobody"

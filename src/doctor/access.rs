@@ -180,6 +180,32 @@ pub struct Denied {
     pub perms: String,
     /// What is missing, e.g. `write` or `search (x)`.
     pub missing: &'static str,
+    /// What was asked, e.g. `read and write`.
+    pub want: &'static str,
+}
+
+impl Denied {
+    /// "`USER` cannot `WHAT` `target`: `PATH` is `PERMS` (needs `WHAT`)".
+    pub fn explain(&self, acct: &Account, target: &Path) -> String {
+        format!(
+            "{} cannot {} {}: {} is {} (needs {})",
+            acct.name,
+            self.want,
+            target.display(),
+            self.path.display(),
+            self.perms,
+            self.missing
+        )
+    }
+}
+
+/// The fix for a file `acct` must read: give it the account's group, mode 0640.
+pub fn group_read_fix(acct: &Account, path: &Path) -> String {
+    format!(
+        "sudo chgrp {} {p} && sudo chmod 0640 {p}",
+        acct.group,
+        p = path.display()
+    )
 }
 
 /// The permission bits (rwx, 3 bits) that apply to `acct` on `meta`.
@@ -201,10 +227,16 @@ pub fn check(acct: &Account, path: &Path, want: Want) -> Result<(), Denied> {
         return Ok(());
     }
     let target = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let (need, verb) = match want {
+        Want::Read => (4, "read"),
+        Want::ReadWrite => (6, "read and write"),
+        Want::WriteDir => (7, "write in"),
+    };
     let denied = |p: &Path, meta: &std::fs::Metadata, missing| Denied {
         path: p.to_path_buf(),
         perms: describe(meta),
         missing,
+        want: verb,
     };
     // The directories above the link (if it is one) and above what it points at.
     for dir in path.ancestors().skip(1).chain(target.ancestors().skip(1)) {
@@ -217,14 +249,8 @@ pub fn check(acct: &Account, path: &Path, want: Want) -> Result<(), Denied> {
     let Ok(meta) = std::fs::metadata(&target) else {
         return Ok(());
     };
-    let bits = bits_for(acct, &meta);
-    let (need, missing) = match want {
-        Want::Read => (4, "read"),
-        Want::ReadWrite => (6, "read and write"),
-        Want::WriteDir => (7, "write"),
-    };
-    if bits & need != need {
-        return Err(denied(&target, &meta, missing));
+    if bits_for(acct, &meta) & need != need {
+        return Err(denied(&target, &meta, verb));
     }
     Ok(())
 }
@@ -261,7 +287,18 @@ mod tests {
         set(&file, 0o644);
         assert_eq!(check(&other, &file, Want::Read), Ok(()));
         let e = check(&other, &file, Want::ReadWrite).expect_err("not writable by others");
-        assert_eq!((e.path, e.missing), (file.clone(), "read and write"));
+        assert_eq!(
+            (e.path.clone(), e.missing),
+            (file.clone(), "read and write")
+        );
+        assert_eq!(
+            e.explain(&other, &file),
+            format!(
+                "other cannot read and write {p}: {p} is {} (needs read and write)",
+                e.perms,
+                p = file.display()
+            )
+        );
         let in_group = Account {
             gids: vec![meta.gid()],
             ..other.clone()

@@ -110,17 +110,7 @@ fn directory(ctx: &Ctx, path: &Path) -> Check {
         );
     };
     if let Err(d) = access::check(acct, path, Want::WriteDir) {
-        return Check::fail(
-            PART,
-            format!(
-                "{user} cannot write {}: {} is {} (needs {})",
-                path.display(),
-                d.path.display(),
-                d.perms,
-                d.missing
-            ),
-            chown,
-        );
+        return Check::fail(PART, d.explain(acct, path), chown);
     }
     // Files inside that the user cannot write (e.g. created by a command run as root).
     let mut bad = Vec::new();

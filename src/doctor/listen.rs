@@ -127,19 +127,8 @@ fn tls_pair_at(acct: Option<&Account>, cert: &Path, key: &Path, now: UnixTime) -
             if let Err(d) = access::check(acct, path, Want::Read) {
                 return Check::fail(
                     PART,
-                    format!(
-                        "{} cannot read {}: {} is {} (needs {})",
-                        acct.name,
-                        path.display(),
-                        d.path.display(),
-                        d.perms,
-                        d.missing
-                    ),
-                    format!(
-                        "sudo chgrp {} {p} && sudo chmod 0640 {p}",
-                        acct.group,
-                        p = path.display()
-                    ),
+                    d.explain(acct, path),
+                    access::group_read_fix(acct, path),
                 );
             }
         }

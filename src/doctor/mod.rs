@@ -93,12 +93,7 @@ impl Check {
         detail: impl Into<String>,
         fix: impl Into<String>,
     ) -> Check {
-        Check {
-            part: part.into(),
-            verdict: Verdict::Warn,
-            detail: detail.into(),
-            fix: Some(fix.into()),
-        }
+        Check::with_fix(part.into(), Verdict::Warn, detail.into(), fix.into())
     }
 
     /// A broken part and its fix.
@@ -107,11 +102,15 @@ impl Check {
         detail: impl Into<String>,
         fix: impl Into<String>,
     ) -> Check {
+        Check::with_fix(part.into(), Verdict::Fail, detail.into(), fix.into())
+    }
+
+    fn with_fix(part: String, verdict: Verdict, detail: String, fix: String) -> Check {
         Check {
-            part: part.into(),
-            verdict: Verdict::Fail,
-            detail: detail.into(),
-            fix: Some(fix.into()),
+            part,
+            verdict,
+            detail,
+            fix: Some(fix),
         }
     }
 }
@@ -319,18 +318,8 @@ fn config_ok(ctx: &Ctx, path: &std::path::Path) -> Check {
         Ok(()) => Check::ok("config", format!("{summary}; readable by {}", acct.name)),
         Err(d) => Check::fail(
             "config",
-            format!(
-                "{summary}, but {} cannot read it: {} is {} (needs {})",
-                acct.name,
-                d.path.display(),
-                d.perms,
-                d.missing
-            ),
-            format!(
-                "sudo chgrp {} {p} && sudo chmod 0640 {p}",
-                acct.group,
-                p = path.display()
-            ),
+            format!("{summary}, but {}", d.explain(acct, path)),
+            access::group_read_fix(acct, path),
         ),
     }
 }

@@ -158,16 +158,7 @@ impl Port {
                      /lib/udev/rules.d/99-fieldgate.rules"
                         .to_string()
                 };
-                return Err(self.fail(
-                    format!(
-                        "{} cannot read and write {path}: {} is {} (needs {})",
-                        acct.name,
-                        d.path.display(),
-                        d.perms,
-                        d.missing
-                    ),
-                    fix,
-                ));
+                return Err(self.fail(d.explain(acct, &self.path), fix));
             }
         }
         match held(&self.path) {
@@ -190,6 +181,16 @@ impl Port {
 
     fn fail(&self, detail: impl Into<String>, fix: impl Into<String>) -> Check {
         Check::fail(&self.part, detail, fix)
+    }
+
+    /// Opens the port to probe it (8N1 at `baud`, exclusive).
+    fn open(&self) -> Result<tokio_serial::SerialStream, Check> {
+        port::open(&self.path, self.baud).map_err(|e| {
+            self.fail(
+                format!("cannot open {}: {e}", self.path.display()),
+                "check the path and the baud rate",
+            )
+        })
     }
 
     /// The port is held: by the running gateway (report its view) or by something else.
@@ -244,12 +245,7 @@ impl Port {
     /// Listens for `LISTEN_FOR`: ok at the first good frame (NMEA: with a good checksum).
     async fn listen(&self, framing: Framing, max: usize) -> Result<(String, Option<i64>), Check> {
         let path = self.path.display();
-        let stream = port::open(&self.path, self.baud).map_err(|e| {
-            self.fail(
-                format!("cannot open {path}: {e}"),
-                "check the path and the baud rate",
-            )
-        })?;
+        let stream = self.open()?;
         let mut frames = FramedRead::new(stream, FrameDecoder::new(framing, max));
         let mut heard = Heard::default();
         let deadline = tokio::time::Instant::now() + LISTEN_FOR;
@@ -339,12 +335,7 @@ impl Port {
     /// Sends `ATZ` (the adapter reboots) and wants an `ELM327` identification.
     async fn elm327(&self) -> Result<String, Check> {
         let path = self.path.display();
-        let stream = port::open(&self.path, self.baud).map_err(|e| {
-            self.fail(
-                format!("cannot open {path}: {e}"),
-                "check the path and the baud rate",
-            )
-        })?;
+        let stream = self.open()?;
         let mut adapter = Adapter::new(stream);
         let fix = format!(
             "is the adapter powered (some only with the ignition on)? ELM327s talk at 38400 \
@@ -389,12 +380,7 @@ impl Port {
     /// Sends `V` and wants `V` + a version, as SLCAN adapters answer.
     async fn slcan(&self) -> Result<String, Check> {
         let path = self.path.display();
-        let mut stream = port::open(&self.path, self.baud).map_err(|e| {
-            self.fail(
-                format!("cannot open {path}: {e}"),
-                "check the path and the baud rate",
-            )
-        })?;
+        let mut stream = self.open()?;
         let fix = "is it an SLCAN adapter (CANable, USBtin, ...) and `baud` its rate?";
         let ask = async {
             stream.write_all(b"\rV\r").await?;

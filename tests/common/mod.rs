@@ -218,6 +218,33 @@ pub fn http_get(url: &str, key: Option<&str>) -> (u16, serde_json::Value) {
     })
 }
 
+/// `chown -R user: path` (the tests run as root).
+pub fn chown(path: &Path, user: &str) {
+    let st = Command::new("chown")
+        .arg("-R")
+        .arg(format!("{user}:"))
+        .arg(path)
+        .status()
+        .expect("chown");
+    assert!(st.success(), "chown {user} {}", path.display());
+}
+
+/// Run the binary as `nobody` (`setpriv`, the tests run as root); returns (exit code,
+/// stdout, stderr).
+pub fn run_cli_as_nobody(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new("setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+        .arg(bin())
+        .args(args)
+        .output()
+        .expect("setpriv (util-linux)");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// Run the binary to completion; returns (exit code, stdout, stderr).
 pub fn run_cli(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(bin())
