@@ -81,12 +81,7 @@ async fn probe(cfg: &MqttConfig) -> Result<String, (String, String)> {
         }
     })
     .await;
-    let refused: Vec<&String> = wanted
-        .iter()
-        .zip(&codes)
-        .filter(|(_, c)| matches!(c, SubscribeReasonCode::Failure))
-        .map(|(w, _)| w)
-        .collect();
+    let refused = refused(&wanted, &codes);
     let who = cfg.username.as_deref().unwrap_or("anonymous");
     if !refused.is_empty() {
         return Err((
@@ -103,6 +98,16 @@ async fn probe(cfg: &MqttConfig) -> Result<String, (String, String)> {
         wanted.len(),
         wanted.join(", ")
     ))
+}
+
+/// The filters the broker did not grant: a failure code, or no code at all for it.
+fn refused<'a>(wanted: &'a [String], codes: &[SubscribeReasonCode]) -> Vec<&'a String> {
+    wanted
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !matches!(codes.get(*i), Some(SubscribeReasonCode::Success(_))))
+        .map(|(_, w)| w)
+        .collect()
 }
 
 /// What a failed connection means for the installer.
@@ -139,5 +144,27 @@ fn connect_error(url: &str, cfg: &MqttConfig, e: &ConnectionError) -> (String, S
                 .into(),
         ),
         other => (format!("{url}: {other}"), "check the broker's log".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rumqttc::QoS;
+
+    #[test]
+    fn a_subscription_without_a_success_code_is_refused() {
+        let wanted = vec!["fleet/+/+/+".to_string(), "ops/#".to_string()];
+        let ok = SubscribeReasonCode::Success(QoS::AtLeastOnce);
+        assert!(refused(&wanted, &[ok, ok]).is_empty());
+        assert_eq!(
+            refused(&wanted, &[ok, SubscribeReasonCode::Failure]),
+            [&wanted[1]]
+        );
+        assert_eq!(
+            refused(&wanted, &[ok]),
+            [&wanted[1]],
+            "no code, not granted"
+        );
     }
 }
