@@ -281,6 +281,12 @@ pub async fn run(args: &DoctorArgs) -> Report {
     report
 }
 
+/// Text from a device or another program fit for a terminal line: control characters
+/// (escape sequences) dropped, at most `max` characters.
+pub(crate) fn printable(s: &str, max: usize) -> String {
+    s.chars().filter(|c| !c.is_control()).take(max).collect()
+}
+
 /// The config line when the file cannot be used.
 fn config_failure(path: &std::path::Path, e: &crate::config::ConfigError) -> Check {
     let fix = match e {
@@ -321,5 +327,17 @@ fn config_ok(ctx: &Ctx, path: &std::path::Path) -> Check {
             format!("{summary}, but {}", d.explain(acct, path)),
             access::group_read_fix(acct, path),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn device_text_loses_control_characters_and_length() {
+        assert_eq!(
+            super::printable("ELM327 v1.5\u{1b}[2J\u{7}", 64),
+            "ELM327 v1.5[2J"
+        );
+        assert_eq!(super::printable(&"x".repeat(100), 64).len(), 64);
     }
 }

@@ -11,7 +11,7 @@
 use super::access::{self, Want};
 use super::procfs;
 use super::running::Service;
-use super::{Check, Ctx};
+use super::{printable, Check, Ctx};
 use crate::source::framing::{Decoded, FrameDecoder, Framing};
 use crate::source::obd::{Adapter, CommandError, RESET_TIMEOUT};
 use crate::source::{port, SourcesConfig};
@@ -350,7 +350,7 @@ impl Port {
                     .filter(|l| !l.is_empty() && *l != "ATZ")
                     .collect();
                 match words.iter().find(|l| l.contains("ELM327")) {
-                    Some(id) => Ok(format!("{path} answers ATZ: {id}")),
+                    Some(id) => Ok(format!("{path} answers ATZ: {}", printable(id, 64))),
                     None => Err(self.fail(
                         format!(
                             "{path} answered ATZ with {:?}, not an ELM327 identification",
@@ -408,7 +408,7 @@ impl Port {
             .split('\r')
             .find(|l| l.starts_with('V') && l.len() >= 5)
         {
-            Some(v) => Ok(format!("{path} answers V: {v} (SLCAN)")),
+            Some(v) => Ok(format!("{path} answers V: {} (SLCAN)", printable(v, 64))),
             None if got.is_empty() => Err(self.fail(
                 format!("{path}: no answer to V in {} s", SLCAN_WAIT.as_secs()),
                 fix,

@@ -20,7 +20,7 @@ pub struct Holder {
 impl Holder {
     fn of(pid: u32) -> Holder {
         let name = std::fs::read_to_string(format!("/proc/{pid}/comm"))
-            .map(|s| s.trim().to_string())
+            .map(|s| super::printable(s.trim(), 32))
             .unwrap_or_else(|_| "?".into());
         Holder { pid, name }
     }

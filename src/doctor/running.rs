@@ -178,7 +178,7 @@ impl Service {
             s.push_str(&format!(", lag {lag}"));
         }
         if let Some(e) = entry["last_error"].as_str() {
-            s.push_str(&format!(", last error: {e}"));
+            s.push_str(&format!(", last error: {}", super::printable(e, 300)));
         }
         s
     }
