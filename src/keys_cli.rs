@@ -1,12 +1,11 @@
 //! The `keys` command: add, list and revoke API keys in a gateway's journal.
 //!
 //! Keys live in the journal, which belongs to the service user (`fieldgate`) and is locked
-//! while the service runs. Opening it as the wrong user fails deep inside the storage
-//! engine, and opening it as root leaves files the service can no longer open, so this
-//! command checks who owns the journal before touching it and says how to run it as that
-//! user. It never creates a journal it was not pointed at.
+//! while the service runs. The journal refuses to open for another user (naming the owner);
+//! this command adds the exact command line to run as that user, and never creates a
+//! journal it was not pointed at.
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use fieldgate::auth::{KeyInfo, KeyStore, Scope};
 use fieldgate::doctor::access;
 use fieldgate::frame::iso8601;
@@ -34,14 +33,26 @@ pub enum Action {
 
 /// Run `action` on the journal `jc` names.
 pub fn run(jc: JournalConfig, action: Action) -> anyhow::Result<()> {
-    check_access(&jc.path, matches!(action, Action::Add { .. }))?;
     let path = jc.path.clone();
+    if !matches!(action, Action::Add { .. }) && !path.exists() {
+        bail!(
+            "no journal at {}: check --config / --data (nothing was created)",
+            path.display()
+        );
+    }
     let journal = Journal::open(jc).map_err(|e| match e {
         JournalError::Locked(_) => anyhow::anyhow!(
             "the running gateway holds the journal {}: stop it first (sudo systemctl stop \
              fieldgate), manage the keys, then start it again; it reads them at every request",
             path.display()
         ),
+        JournalError::Refused(why) => match owner(&path) {
+            Some(owner) => anyhow::anyhow!(
+                "{why}\nThis command, as the journal's owner: sudo -u {owner} {}",
+                command_line()
+            ),
+            None => anyhow::anyhow!(why),
+        },
         other => anyhow::Error::new(other).context(format!("cannot open {}", path.display())),
     })?;
     let store = KeyStore::persistent(journal.tree("keys")?);
@@ -64,6 +75,13 @@ pub fn run(jc: JournalConfig, action: Action) -> anyhow::Result<()> {
     }
     journal.close()?;
     Ok(())
+}
+
+/// The user owning the journal at `path` (or the directory it would be created in).
+fn owner(path: &Path) -> Option<String> {
+    path.ancestors()
+        .find_map(|p| std::fs::metadata(p).ok())
+        .map(|m| access::user_name(m.uid()))
 }
 
 fn scopes_text(k: &KeyInfo) -> String {
@@ -124,87 +142,6 @@ fn command_line() -> String {
         }
     };
     std::env::args().map(quote).collect::<Vec<_>>().join(" ")
-}
-
-/// Refuses, naming the owner and the command to run instead, when this user cannot (or
-/// must not) open the journal at `path`; a missing journal is refused unless `creating`.
-fn check_access(path: &Path, creating: bool) -> anyhow::Result<()> {
-    let me = nix::unistd::geteuid();
-    let meta = match std::fs::metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            if !creating {
-                bail!(
-                    "no journal at {}: check --config / --data (nothing was created)",
-                    path.display()
-                );
-            }
-            let parent = access::nearest_existing(path);
-            let parent_meta = std::fs::metadata(&parent)
-                .with_context(|| format!("cannot look at {}", parent.display()))?;
-            if !me.is_root()
-                && nix::unistd::access(&parent, nix::unistd::AccessFlags::W_OK).is_err()
-            {
-                let owner = access::user_name(parent_meta.uid());
-                bail!(
-                    "cannot create the journal {}: {} belongs to {owner} and this user ({}) \
-                     may not write there; run it as {owner}: sudo -u {owner} {}",
-                    path.display(),
-                    parent.display(),
-                    access::user_name(me.as_raw()),
-                    command_line()
-                );
-            }
-            return Ok(());
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-            // A directory on the way is closed to us: the deepest one we can still see.
-            let blocking = path
-                .ancestors()
-                .skip(1)
-                .find(|a| std::fs::metadata(a).is_ok())
-                .unwrap_or(path);
-            let owner = std::fs::metadata(blocking)
-                .map_or_else(|_| "its owner".to_string(), |m| access::user_name(m.uid()));
-            bail!(
-                "permission denied: cannot reach the journal {} ({} belongs to {owner}); run \
-                 it as {owner}: sudo -u {owner} {}",
-                path.display(),
-                blocking.display(),
-                command_line()
-            );
-        }
-        Err(e) => return Err(e).with_context(|| format!("cannot look at {}", path.display())),
-    };
-    let owner_uid = meta.uid();
-    if owner_uid == me.as_raw() {
-        return Ok(());
-    }
-    let owner = access::user_name(owner_uid);
-    if me.is_root() {
-        bail!(
-            "the journal {} belongs to {owner}: as root this would leave files the service \
-             cannot open; run it as {owner}: sudo -u {owner} {}",
-            path.display(),
-            command_line()
-        );
-    }
-    let rw = nix::unistd::AccessFlags::R_OK
-        | nix::unistd::AccessFlags::W_OK
-        | nix::unistd::AccessFlags::X_OK;
-    let db = path.join("db");
-    let denied = nix::unistd::access(path, rw).is_err()
-        || (db.exists() && nix::unistd::access(&db, rw & !nix::unistd::AccessFlags::X_OK).is_err());
-    if denied {
-        bail!(
-            "permission denied: the journal {} belongs to {owner}, not to {}; run it as \
-             {owner}: sudo -u {owner} {}",
-            path.display(),
-            access::user_name(me.as_raw()),
-            command_line()
-        );
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -9,6 +9,9 @@ pub mod auth;
 pub mod config;
 pub mod doctor;
 pub mod frame;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzz_api;
 pub mod journal;
 pub mod metrics;
 pub mod notify;

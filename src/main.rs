@@ -1,6 +1,5 @@
-//! The `fieldgate` command line: run, demo, check-config, keys, journal, tail, doctor, bench.
+//! The `fieldgate` command line: run, demo, check-config, keys, journal, tail, doctor.
 
-mod bench;
 mod keys_cli;
 mod tail;
 
@@ -76,11 +75,6 @@ enum Cmd {
     /// Check an installation part by part (config, journal, ports, brokers, MongoDB,
     /// listener, clock): one line each with a verdict and the fix; exit 0 when none failed.
     Doctor(fieldgate::doctor::DoctorArgs),
-    /// Measure performance; prints numbers.
-    Bench {
-        #[command(subcommand)]
-        cmd: bench::BenchCmd,
-    },
 }
 
 /// The config `keys` and `journal` read when given neither `--config` nor `--data`.
@@ -334,10 +328,6 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Tail(args) => {
             runtime()?.block_on(tail::run(args))?;
             Ok(ExitCode::SUCCESS)
-        }
-        Cmd::Bench { cmd } => {
-            init_logging("warn");
-            bench::run(cmd).map(|_| ExitCode::SUCCESS)
         }
     }
 }

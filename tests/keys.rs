@@ -205,7 +205,7 @@ fn permission_problems_name_the_owner_and_the_command_to_run() {
     assert_ne!(code, 0);
     assert!(
         err.contains(&format!(
-            "permission denied: the journal {j} belongs to root, not to nobody"
+            "the journal at {j} belongs to user root (uid 0) but fieldgate runs as user nobody"
         )) && err.contains(&format!(
             "sudo -u root {} keys list --data {j}",
             common::bin()
@@ -218,7 +218,7 @@ fn permission_problems_name_the_owner_and_the_command_to_run() {
     let (code, _, err) = run_cli(&["keys", "add", "ops", "--data", &j]);
     assert_ne!(code, 0);
     assert!(
-        err.contains(&format!("the journal {j} belongs to nobody"))
+        err.contains(&format!("the journal at {j} belongs to user nobody"))
             && err.contains(&format!(
                 "sudo -u nobody {} keys add ops --data {j}",
                 common::bin()

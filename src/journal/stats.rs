@@ -28,6 +28,8 @@ pub(super) struct Counters {
     /// Unix ms of the flusher's last loop turn (the watchdog's view of the writer).
     pub heartbeat_ms: AtomicU64,
     pub appended_total: AtomicU64,
+    /// The seq floor file's value.
+    pub seq_floor: AtomicU64,
     flush_failing: AtomicBool,
     evict_log: Mutex<Option<(Instant, u64)>>,
 }
@@ -61,6 +63,10 @@ pub struct JournalStats {
     pub cursors: BTreeMap<String, u64>,
     /// Set when the journal found at start could not be opened and was moved aside.
     pub quarantine: Option<Quarantine>,
+    /// The seq floor file's value: at or above every seq issued (see `journal::floor`).
+    pub seq_floor: u64,
+    /// Writes have been failing for a while (a full disk, ...); frames wait in memory.
+    pub write_failing: bool,
 }
 
 impl Counters {
@@ -200,6 +206,8 @@ impl Counters {
             appended: self.appended_total.load(Relaxed),
             cursors,
             quarantine,
+            seq_floor: self.seq_floor.load(Relaxed),
+            write_failing: self.flush_failing(),
         }
     }
 }

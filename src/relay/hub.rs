@@ -1,7 +1,7 @@
 //! The hub: one task that follows the journal live, encodes each frame once, writes it to
 //! every client socket that wants it, and keeps the live status of devices and vehicles.
 
-use super::conn::{text_frame, Conn};
+use super::conn::{text_frame, Conn, DeliveryTotals};
 use super::latency::LatencyHistogram;
 use crate::frame::Frame;
 use crate::journal::{Appended, Journal};
@@ -120,6 +120,8 @@ pub struct Hub {
     pub hub_lagged: AtomicU64,
     /// Journal append → client socket, per delivery.
     pub relay_latency: Arc<LatencyHistogram>,
+    /// Frames sent to / dropped for all clients in this run, departed ones included.
+    pub delivery: Arc<DeliveryTotals>,
 }
 
 /// Where commands for a device go: sources that can write to a device register here.
@@ -172,6 +174,7 @@ impl Hub {
             published: AtomicU64::new(0),
             hub_lagged: AtomicU64::new(0),
             relay_latency: Arc::default(),
+            delivery: Arc::default(),
         });
         let mut rx = journal.subscribe();
         let from = journal.last_seq().saturating_sub(SEED_FRAMES as u64) + 1;

@@ -5,10 +5,10 @@
 //! a van: the serial source frames NMEA from one pty, the OBD poller talks ELM327 to the
 //! other. Each pty's slave is published as a symlink (`gps_link`, `obd_link`), as udev
 //! would publish `/dev/fieldgate/gps`, so the sources' configs hold stable paths; the
-//! links exist before those sources start ([`SimDevices::open`]). The GPS writes like a receiver: it never
-//! waits for a reader, sentences nobody reads are dropped. The adapter answers the init
-//! and mode 01/03 commands from the vehicle's current sample, encoded with the PID table
-//! of [`super::elm327`].
+//! links exist before those sources start ([`SimDevices::open`]). The GPS writes like a
+//! receiver: it never waits for a reader, sentences nobody reads are dropped. The adapter
+//! answers the init and mode 01/03 commands from the vehicle's current sample, encoded
+//! with the PID table of [`super::elm327`].
 
 use crate::config::ConfigError;
 use crate::source::elm327;
@@ -103,21 +103,24 @@ pub fn wire_demo(sources: &mut SourcesConfig, dir: &Path) -> Result<(), ConfigEr
     sources
         .obd
         .push(toml::from_str::<ObdConfig>(&obd).map_err(bad)?);
+    crate::source::can::sim::wire_demo(sources, dir)?;
     Ok(())
 }
 
-/// The simulator's two devices: their ptys, published at their links.
+/// The simulator's devices: their ptys, published at their links.
 pub struct SimDevices {
     gps: Pty,
     obd: Pty,
     gps_link: PathBuf,
     obd_link: PathBuf,
+    /// The CAN adapter's link and pty, when `can_link` is set (its own task serves it).
+    can: Option<(PathBuf, std::io::Result<Pty>)>,
     /// Directories made for the links, removed again at the end.
     made: Vec<PathBuf>,
 }
 
 impl SimDevices {
-    /// Opens both ptys and publishes their links (default `$TMPDIR/fieldgate-<name>/`), so
+    /// Opens the ptys and publishes their links (default `$TMPDIR/fieldgate-<name>/`), so
     /// a source started after this finds its device at the first try.
     pub fn open(cfg: &SimConfig) -> std::io::Result<SimDevices> {
         let dir = std::env::temp_dir().join(format!("fieldgate-{}", cfg.name));
@@ -132,11 +135,16 @@ impl SimDevices {
         obd.set_nonblocking()?;
         publish_link(&gps_link, &gps.path)?;
         publish_link(&obd_link, &obd.path)?;
+        let can = cfg
+            .can_link
+            .clone()
+            .map(|link| (link.clone(), crate::source::can::sim::open(&link)));
         Ok(SimDevices {
             gps,
             obd,
             gps_link,
             obd_link,
+            can,
             made,
         })
     }
@@ -165,11 +173,24 @@ pub async fn run(devices: std::io::Result<SimDevices>, cfg: SimConfig, ctx: Sour
     tracing::info!(source = %cfg.name, gps = %devices.gps_link.display(),
         obd = %devices.obd_link.display(), "simulated GPS and OBD adapter on pseudo-terminals");
     ctx.slot.set_state("running", None);
+    let mut devices = devices;
+    let can_stop = ctx.shutdown.child_token();
+    let can_adapter;
     // The adapter task borrows the devices; it ends with this block, before they close.
     {
         let interval = Duration::from_millis(cfg.interval_ms.0);
         let mut vehicle = Vehicle::new(cfg.seed);
         let (tx, rx) = watch::channel(vehicle.step(0.0));
+        can_adapter = devices.can.take().map(|(link, pty)| {
+            tokio::spawn(crate::source::can::sim::serve(
+                pty,
+                link,
+                tx.subscribe(),
+                interval,
+                can_stop.clone(),
+                ctx.slot.clone(),
+            ))
+        });
         let adapter = answer_elm327(&devices.obd, rx, &ctx.slot);
         tokio::pin!(adapter);
         let mut tick = tokio::time::interval(interval);
@@ -194,6 +215,10 @@ pub async fn run(devices: std::io::Result<SimDevices>, cfg: SimConfig, ctx: Sour
                 }
             }
         }
+    }
+    can_stop.cancel();
+    if let Some(task) = can_adapter {
+        let _ = task.await;
     }
     devices.close();
     ctx.slot.set_state("stopped", None);
