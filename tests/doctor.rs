@@ -526,3 +526,103 @@ fn text_output_has_one_line_per_part_with_the_fix_and_a_bad_config_names_the_key
     assert_eq!(r["checks"].as_array().map(Vec::len), Some(1));
     assert_eq!(code, 1);
 }
+
+#[test]
+fn slcan_adapter_answers_v_and_a_mute_pty_does_not() {
+    // The gateway's own simulated CAN adapter (a pty-mode simulator with nobody reading
+    // its devices) is the SLCAN adapter doctor talks to.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let links = dir.path().join("sim");
+    let gw_cfg = dir.path().join("sim.toml");
+    std::fs::write(
+        &gw_cfg,
+        format!(
+            "[gateway]\nid = \"van-07\"\n[journal]\npath = \"{}\"\n[listen]\naddress = \"127.0.0.1:{port}\"\n\
+             [[sources.sim]]\nname = \"sim\"\nmode = \"pty\"\ngps_link = \"{l}/gps\"\nobd_link = \"{l}/obd\"\ncan_link = \"{l}/can\"\n",
+            dir.path().join("journal").display(),
+            l = links.display()
+        ),
+    )
+    .expect("config");
+    let gw = Gateway::run(&gw_cfg, port, "unused", dir.path());
+    let can = |path: &Path| {
+        format!(
+            "[[sources.can]]\nname = \"bus\"\ninterface = \"slcan\"\npath = \"{}\"\nbitrate = 500000\n",
+            path.display()
+        )
+    };
+    let cfg = config(dir.path(), &can(&links.join("can")));
+    let (code, r) = doctor(&cfg, &["--user", "--only", "can"]);
+    assert_part(&r, "can:bus", "ok", "answers V: V1013 (SLCAN)");
+    assert_eq!(code, 0, "{r:#}");
+
+    let mute = Device::plug(&dir.path().join("mute"));
+    let cfg = config(dir.path(), &can(&mute.link));
+    let (code, r) = doctor(&cfg, &["--user", "--only", "can"]);
+    assert_part(&r, "can:bus", "fail", "no answer to V");
+    assert_eq!(code, 1);
+    assert!(gw.stop().success());
+}
+
+#[test]
+fn can_buses_over_tcp_socketcan_and_candump() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bus = |body: &str| format!("[[sources.can]]\nname = \"bus\"\n{body}");
+
+    // SLCAN over TCP: a listening adapter vs a closed port.
+    let adapter = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = adapter.local_addr().expect("addr");
+    let cfg = config(
+        dir.path(),
+        &bus(&format!(
+            "interface = \"slcan-tcp\"\naddress = \"{addr}\"\n"
+        )),
+    );
+    let (code, r) = doctor(&cfg, &["--user", "--only", "can"]);
+    assert_part(&r, "can:bus", "ok", "accepts connections");
+    assert_eq!(code, 0, "{r:#}");
+    drop(adapter);
+    let (code, r) = doctor(&cfg, &["--user", "--only", "can"]);
+    assert_part(&r, "can:bus", "fail", &format!("tcp://{addr}"));
+    assert_eq!(code, 1);
+
+    // A candump log: present vs missing.
+    let log = dir.path().join("bus.log");
+    std::fs::write(&log, "(1700000000.000000) can0 123#DEADBEEF\n").expect("log");
+    let candump = |p: &Path| {
+        bus(&format!(
+            "interface = \"candump\"\npath = \"{}\"\n",
+            p.display()
+        ))
+    };
+    let cfg = config(dir.path(), &candump(&log));
+    let (code, r) = doctor(&cfg, &["--user", "--only", "can"]);
+    assert_part(&r, "can:bus", "ok", "to replay");
+    assert_eq!(code, 0, "{r:#}");
+    let cfg = config(dir.path(), &candump(&dir.path().join("gone.log")));
+    let (code, r) = doctor(&cfg, &["--user", "--only", "can"]);
+    assert_part(&r, "can:bus", "fail", "gone.log");
+    assert_eq!(code, 1);
+
+    // SocketCAN: an interface this box does not have; a kernel without CAN sockets says so.
+    let cfg = config(
+        dir.path(),
+        &bus("interface = \"socketcan\"\nifname = \"fgnone0\"\n"),
+    );
+    let (code, r) = doctor(&cfg, &["--user", "--only", "can"]);
+    // SAFETY: socket(2) with constant arguments; closed right away.
+    let fd = unsafe { libc::socket(libc::AF_CAN, libc::SOCK_RAW, libc::CAN_RAW) };
+    let no_af_can = fd < 0;
+    if fd >= 0 {
+        // SAFETY: the descriptor socket(2) just returned.
+        unsafe { libc::close(fd) };
+    }
+    let want = if no_af_can {
+        "EAFNOSUPPORT"
+    } else {
+        "no network interface fgnone0"
+    };
+    assert_part(&r, "can:bus", "fail", want);
+    assert_eq!(code, 1);
+}

@@ -3,18 +3,20 @@
 //! An installer wiring a GPS, an OBD cable and an LTE modem into a van needs to know which
 //! part is wrong without reading logs. Each module here checks one kind of part against
 //! the real thing — the config file, the journal directory and its disk, every serial/OBD
-//! port (does it exist, may the service user open it, does it speak NMEA / answer `ATZ`),
-//! every MQTT broker, MongoDB, the listen address, the clock — and says `ok`, `WARN` or
+//! port (does it exist, may the service user open it, does it speak NMEA / answer `ATZ` /
+//! answer SLCAN's `V`), every other CAN bus (SocketCAN interface up, SLCAN-over-TCP
+//! reachable, candump log readable), every MQTT broker, MongoDB, the listen address, the
+//! clock — and says `ok`, `WARN` or
 //! `FAIL`, with the fix on failure. It runs beside a running service without disturbing
 //! it: nothing the service holds is opened (a port in use is reported with the holder and,
 //! given a key, the service's own view from `/api/status`), MQTT uses its own client id
 //! and a clean session, and the MongoDB write goes to a scratch collection that is dropped.
 //!
-//! Extension points: `[[sources.can]]` ports are probed with [`ports::Speak::Slcan`] (an
-//! SLCAN adapter answers `V`) once that config exists; `[listen]` TLS files are checked by
-//! [`listen::tls_files`] once the listener has `tls_cert`/`tls_key`.
+//! Extension point: `[listen]` TLS files are checked by [`listen::tls_files`] once the
+//! listener has `tls_cert`/`tls_key`.
 
 pub mod access;
+mod can;
 mod clock;
 mod journal;
 pub mod listen;
@@ -249,15 +251,23 @@ pub async fn run(args: &DoctorArgs) -> Report {
         .iter()
         .filter(|m| wanted(&format!("mqtt:{}", m.name)))
         .map(|m| mqtt::check(m, &ctx));
+    let buses = ctx
+        .cfg
+        .sources
+        .can
+        .iter()
+        .filter(|c| wanted(&format!("can:{}", c.name)))
+        .map(|c| can::check(c, &ctx));
     let mongo = async {
         match &ctx.cfg.mongo {
             Some(m) if wanted("mongo") => mongo::checks(m, &ctx).await,
             _ => Vec::new(),
         }
     };
-    let (ports_done, brokers_done, mongo_done) = tokio::join!(
+    let (ports_done, brokers_done, buses_done, mongo_done) = tokio::join!(
         futures_util::future::join_all(probes),
         futures_util::future::join_all(brokers),
+        futures_util::future::join_all(buses),
         mongo
     );
     let mut gnss = Vec::new();
@@ -265,6 +275,7 @@ pub async fn run(args: &DoctorArgs) -> Report {
         checks.push(c);
         gnss.extend(offset);
     }
+    checks.extend(buses_done.into_iter().flatten());
     checks.extend(brokers_done);
     checks.extend(mongo_done);
     if wanted("listen") {

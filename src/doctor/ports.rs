@@ -6,7 +6,8 @@
 //! running service holds is reported with the service's own view, never opened); and it
 //! speaks what the config says within a few seconds: a frame of its `framing` (for `nmea`
 //! a sentence with a good checksum), an `ELM327` identification in answer to `ATZ`, or a
-//! version in answer to `V` for an SLCAN CAN adapter.
+//! version in answer to `V` for an SLCAN CAN adapter. CAN buses over TCP, SocketCAN and
+//! candump replays are checked in [`super::can`].
 
 use super::access::{self, Want};
 use super::procfs;
@@ -38,8 +39,7 @@ pub enum Speak {
     Framing(Framing, usize),
     /// An ELM327 adapter: `ATZ` → `ELM327 v...`.
     Elm327,
-    /// An SLCAN CAN adapter: `V` → `V` + version. Wire it for `[[sources.can]]` entries
-    /// with `interface = "slcan"` (their `path` and `baud`) in [`configured`].
+    /// An SLCAN CAN adapter (`[[sources.can]] interface = "slcan"`): `V` → `V` + version.
     Slcan,
 }
 
@@ -60,7 +60,7 @@ pub struct Port {
     pub speak: Speak,
 }
 
-/// Every serial and OBD port of the config.
+/// Every serial, OBD and serial-attached CAN (SLCAN) port of the config.
 pub fn configured(sources: &SourcesConfig) -> Vec<Port> {
     let baud = |b: u64| u32::try_from(b).unwrap_or(u32::MAX);
     let serial = sources.serial.iter().map(|s| Port {
@@ -79,7 +79,21 @@ pub fn configured(sources: &SourcesConfig) -> Vec<Port> {
         baud: baud(o.baud.0),
         speak: Speak::Elm327,
     });
-    serial.chain(obd).collect()
+    let can = sources
+        .can
+        .iter()
+        .filter(|c| c.interface == crate::source::can::config::Interface::Slcan)
+        .filter_map(|c| {
+            Some(Port {
+                part: format!("can:{}", c.name),
+                name: c.name.clone(),
+                device: Some(c.device().to_string()),
+                path: c.path.clone()?,
+                baud: c.baud(),
+                speak: Speak::Slcan,
+            })
+        });
+    serial.chain(obd).chain(can).collect()
 }
 
 /// What listening to a port for frames found.
@@ -382,40 +396,49 @@ impl Port {
         let path = self.path.display();
         let mut stream = self.open()?;
         let fix = "is it an SLCAN adapter (CANable, USBtin, ...) and `baud` its rate?";
+        let mut got = Vec::new();
         let ask = async {
+            // The leading CR clears a half-typed command; adapters answer it with BEL.
             stream.write_all(b"\rV\r").await?;
-            let mut got = Vec::new();
             let mut buf = [0u8; 64];
             loop {
                 let n = stream.read(&mut buf).await?;
                 if n == 0 {
-                    return Ok::<_, std::io::Error>(got);
+                    return Ok::<_, std::io::Error>(());
                 }
                 got.extend_from_slice(&buf[..n]);
-                let text = String::from_utf8_lossy(&got);
-                if text.split('\r').any(|l| l.starts_with('V') && l.len() >= 5) || got.len() > 256 {
-                    return Ok(got);
+                if slcan_version(&got).is_some() || got.len() > 256 {
+                    return Ok(());
                 }
             }
         };
-        let got = match tokio::time::timeout(SLCAN_WAIT, ask).await {
-            Ok(Ok(got)) => got,
-            Ok(Err(e)) => return Err(self.fail(format!("{path}: {e}"), unplugged_fix(&self.path))),
-            Err(_) => Vec::new(),
-        };
-        let text = String::from_utf8_lossy(&got);
-        match text
-            .split('\r')
-            .find(|l| l.starts_with('V') && l.len() >= 5)
-        {
-            Some(v) => Ok(format!("{path} answers V: {} (SLCAN)", printable(v, 64))),
+        if let Ok(Err(e)) = tokio::time::timeout(SLCAN_WAIT, ask).await {
+            return Err(self.fail(format!("{path}: {e}"), unplugged_fix(&self.path)));
+        }
+        match slcan_version(&got) {
+            Some(v) => Ok(format!("{path} answers V: {} (SLCAN)", printable(&v, 64))),
             None if got.is_empty() => Err(self.fail(
                 format!("{path}: no answer to V in {} s", SLCAN_WAIT.as_secs()),
                 fix,
             )),
-            None => Err(self.fail(format!("{path} answered V with {text:?}"), fix)),
+            None => Err(self.fail(
+                format!(
+                    "{path} answered V with {:?}",
+                    printable(&String::from_utf8_lossy(&got), 64)
+                ),
+                fix,
+            )),
         }
     }
+}
+
+/// The `V...` version line in an SLCAN adapter's answer (lines end in CR; BEL is an
+/// error reply, e.g. to the empty command before `V`).
+fn slcan_version(got: &[u8]) -> Option<String> {
+    String::from_utf8_lossy(got)
+        .split(['\r', '\x07'])
+        .find(|l| l.starts_with('V') && l.len() >= 5)
+        .map(str::to_string)
 }
 
 /// The fix for a port that is missing or went away.
@@ -451,7 +474,12 @@ mod tests {
                 }
                 for &b in &buf[..n] {
                     if b == b'\r' {
-                        let reply: &[u8] = if line == b"V" { b"V1013\r" } else { b"\r" };
+                        // As the firmware does: BEL for the empty command.
+                        let reply: &[u8] = match line.as_slice() {
+                            b"V" => b"V1013\r",
+                            b"" => b"\x07",
+                            _ => b"\r",
+                        };
                         let _ = w.write_all(reply);
                         line.clear();
                     } else {
