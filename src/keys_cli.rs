@@ -46,7 +46,7 @@ pub fn run(jc: JournalConfig, action: Action) -> anyhow::Result<()> {
              fieldgate), manage the keys, then start it again; it reads them at every request",
             path.display()
         ),
-        JournalError::Refused(why) => match owner(&path) {
+        JournalError::Refused(why) => match owner(&path).filter(|o| *o != me()) {
             Some(owner) => anyhow::anyhow!(
                 "{why}\nThis command, as the journal's owner: sudo -u {owner} {}",
                 command_line()
@@ -75,6 +75,11 @@ pub fn run(jc: JournalConfig, action: Action) -> anyhow::Result<()> {
     }
     journal.close()?;
     Ok(())
+}
+
+/// The user running this command.
+fn me() -> String {
+    access::user_name(nix::unistd::geteuid().as_raw())
 }
 
 /// The user owning the journal at `path` (or the directory it would be created in).

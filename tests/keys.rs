@@ -214,7 +214,9 @@ fn permission_problems_name_the_owner_and_the_command_to_run() {
     );
 
     // Root against a journal the service user owns: refused before root-owned files appear.
-    chown(&journal, "nobody");
+    // The service owns its state directory: the journal and the seq floor and lock files
+    // beside it.
+    chown(dir.path(), "nobody");
     let (code, _, err) = run_cli(&["keys", "add", "ops", "--data", &j]);
     assert_ne!(code, 0);
     assert!(
