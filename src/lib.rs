@@ -8,6 +8,7 @@ pub mod api;
 pub mod auth;
 pub mod command;
 pub mod config;
+pub mod doctor;
 pub mod frame;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]

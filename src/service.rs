@@ -76,8 +76,10 @@ pub async fn run(cfg: Config, opts: RunOptions) -> anyhow::Result<()> {
         shutdown: shutdown.clone(),
         commands: commands.clone(),
     };
+    // Simulators first: a pty-mode one has its devices in place before the sources that
+    // read them make their first attempt.
     for s in cfg.sources.sim.iter().cloned() {
-        tasks.spawn(sim::run(s.clone(), ctx(&s.name, "sim")));
+        tasks.spawn(sim::start(s.clone(), ctx(&s.name, "sim")));
     }
     // [serial sources]
     for s in cfg.sources.serial.iter().cloned() {
@@ -122,6 +124,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> anyhow::Result<()> {
         }
         _ => None,
     };
+    let keys_at_exit = keys.clone();
     let state = AppState {
         gateway: gateway.clone(),
         journal: journal.clone(),
@@ -176,6 +179,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> anyhow::Result<()> {
     {
         tracing::warn!("API server did not drain in 5 s");
     }
+    keys_at_exit.persist_last_used();
     let j = journal.clone();
     tokio::task::spawn_blocking(move || j.close())
         .await

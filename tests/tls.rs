@@ -82,6 +82,14 @@ fn https_and_wss_with_a_self_signed_certificate_and_a_pinned_fingerprint() {
     ]);
     assert_ne!(code, 0);
     assert!(err.contains("--force"), "existing files are kept: {err}");
+    // `fieldgate doctor` checks the pair the config names (judged for the user running it).
+    let (code, out, err) = run_cli(&["doctor", "--config", &cfg, "--only", "tls", "--user"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("ok") && l.contains("tls") && l.contains("valid for")),
+        "{out}"
+    );
     let (code, key, err) = run_cli(&["keys", "add", "tech", "--scopes", "read", "--config", &cfg]);
     assert_eq!(code, 0, "{err}");
     let key = key.trim().to_string();
