@@ -6,6 +6,8 @@
 //! follows speed through a gear ratio, the coolant warms up, the battery charges.
 
 use crate::frame::Frame;
+use crate::journal::JournalError;
+use crate::source::events::{LogLimit, Overrun};
 use crate::source::SourceCtx;
 use crate::units::Positive;
 use rand::rngs::StdRng;
@@ -232,6 +234,7 @@ pub async fn run(cfg: SimConfig, ctx: SourceCtx) {
     let mut vehicle = Vehicle::new(cfg.seed);
     slot.set_state("running", None);
     let mut beat = super::beat_interval();
+    let mut limit = LogLimit::new();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -244,6 +247,11 @@ pub async fn run(cfg: SimConfig, ctx: SourceCtx) {
         let sample = vehicle.step(interval.as_secs_f64());
         match journal.append_many(frames(&gateway, &cfg, &sample).into()) {
             Ok(_) => slot.add_frames(2),
+            Err(JournalError::Full { .. }) => Overrun {
+                source: &cfg.name,
+                frames: 2,
+            }
+            .emit(&slot, &mut limit),
             Err(e) => {
                 slot.set_state("stopped", Some(e.to_string()));
                 tracing::error!(source = %cfg.name, error = %e, "simulator cannot journal; stopping");
