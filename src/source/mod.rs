@@ -105,6 +105,9 @@ pub struct SourceState {
     pub invalid_by_reason: BTreeMap<String, u64>,
     /// Last error, if any.
     pub last_error: Option<String>,
+    /// Counters the source's broker publishes (MQTT `$SYS`, broker-wide), by name.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub broker: BTreeMap<&'static str, u64>,
     /// When the source's loop last turned (see [`SourceSlot::beat`]).
     #[serde(skip)]
     pub last_beat: Instant,
@@ -144,6 +147,7 @@ impl SourceStates {
                 invalid: 0,
                 invalid_by_reason: BTreeMap::new(),
                 last_error: None,
+                broker: BTreeMap::new(),
                 last_beat: Instant::now(),
                 wedged_after: SOURCE_WEDGED_AFTER,
             },
@@ -222,6 +226,13 @@ impl SourceSlot {
     /// Count one rejected input.
     pub fn add_invalid(&self) {
         self.update(|s| s.invalid += 1);
+    }
+
+    /// Record a counter the source's broker reported.
+    pub fn set_broker_stat(&self, name: &'static str, value: u64) {
+        self.update(|s| {
+            s.broker.insert(name, value);
+        });
     }
 
     /// Count `n` rejected inputs for `reason` (also added to `invalid`).
