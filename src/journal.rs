@@ -88,12 +88,14 @@ pub enum JournalError {
     /// The directory could not be moved aside or recreated.
     #[error("cannot quarantine journal: {0}")]
     Io(#[from] std::io::Error),
-    /// The write queue cannot take `needed` more bytes now (the disk is slow or failing);
-    /// nothing was appended. [`Journal::wait_room`] waits until it can.
-    #[error("journal write queue full: {pending} of {max} bytes wait for the disk, {needed} more refused")]
+    /// The write queue cannot take these frames now (the disk is slow or failing); nothing
+    /// was appended. [`Journal::wait_room`] waits until it can.
+    #[error("journal write queue full: {pending} of {max} bytes wait for the disk, {frames} frames ({needed} bytes) refused")]
     Full {
         /// Encoded bytes of the refused frames.
         needed: u64,
+        /// How many frames were refused.
+        frames: u64,
         /// Bytes queued.
         pending: u64,
         /// `pending_max_bytes`.
@@ -149,6 +151,16 @@ struct WriteState {
     pending: VecDeque<Pending>,
     /// Sum of the queued entries' [`Pending::cost`].
     pending_bytes: u64,
+}
+
+impl WriteState {
+    /// Whether `frames` frames counting `bytes` can be queued now without waiting for the
+    /// disk: within `max` bytes and the seqs already leased (the flusher extends the lease
+    /// as it commits). An empty queue takes anything.
+    fn fits(&self, frames: u64, bytes: u64, max: u64) -> bool {
+        self.pending.is_empty()
+            || (self.pending_bytes + bytes <= max && self.next_seq + frames <= self.lease_end + 1)
+    }
 }
 
 /// Flow control between appenders and the flusher.
@@ -294,20 +306,23 @@ impl Journal {
         if frames.is_empty() {
             return Ok(first..=first - 1);
         }
-        if !st.pending.is_empty() && st.pending_bytes + needed > max {
+        let count = frames.len() as u64;
+        if !st.fits(count, needed, max) {
             let pending = st.pending_bytes;
             drop(st);
             inner.counters.full.fetch_add(1, Relaxed);
             inner.commit_now();
             return Err(JournalError::Full {
                 needed,
+                frames: count,
                 pending,
                 max,
             });
         }
-        let last = first + frames.len() as u64 - 1;
+        let last = first + count - 1;
         if last > st.lease_end {
-            // The flusher normally extends the lease ahead of us; this is the fallback.
+            // The flusher extends the lease ahead of us with every commit; with nothing
+            // queued (`fits`) this is the fallback, and the disk is not known to be stuck.
             st.lease_end = last + SEQ_LEASE;
             inner.meta.insert("lease_end", &seq_key(st.lease_end))?;
             inner.db.flush()?;
@@ -346,9 +361,9 @@ impl Journal {
         Ok(first..=last)
     }
 
-    /// Wait until the write queue can take `needed` more bytes (the `needed` of a
+    /// Wait until the write queue can take `frames` frames of `needed` bytes (those of a
     /// [`JournalError::Full`]) or is empty. Errors once the journal is closed.
-    pub async fn wait_room(&self, needed: u64) -> Result<(), JournalError> {
+    pub async fn wait_room(&self, frames: u64, needed: u64) -> Result<(), JournalError> {
         let inner = &self.inner;
         loop {
             let notified = inner.flow.room.notified();
@@ -360,9 +375,7 @@ impl Journal {
                 if st.closed {
                     return Err(JournalError::Closed);
                 }
-                if st.pending.is_empty()
-                    || st.pending_bytes + needed <= inner.cfg.pending_max_bytes.0
-                {
+                if st.fits(frames, needed, inner.cfg.pending_max_bytes.0) {
                     return Ok(());
                 }
             }

@@ -240,8 +240,9 @@ async fn a_full_write_queue_refuses_appends_and_nothing_unwritten_is_durable() {
                 assert!(batch.is_empty(), "appended frames are taken");
                 last = *r.end();
             }
-            Err(JournalError::Full { needed, .. }) => {
+            Err(JournalError::Full { needed, frames, .. }) => {
                 assert_eq!(batch.len(), 4, "a refused batch is left whole");
+                assert_eq!(frames, 4);
                 break (batch, needed);
             }
             Err(e) => panic!("append: {e}"),
@@ -260,11 +261,11 @@ async fn a_full_write_queue_refuses_appends_and_nothing_unwritten_is_durable() {
         Err(JournalError::Full { .. })
     ));
     assert_eq!(j.durable_seq(), first, "nothing written, nothing durable");
-    let waiting = tokio::time::timeout(Duration::from_millis(200), j.wait_room(refused.1)).await;
+    let waiting = tokio::time::timeout(Duration::from_millis(200), j.wait_room(4, refused.1)).await;
     assert!(waiting.is_err(), "no room while the disk is stalled");
     let room = tokio::spawn({
         let j = j.clone();
-        async move { j.wait_room(refused.1).await }
+        async move { j.wait_room(4, refused.1).await }
     });
     let _ = release.send(());
     staller.join().expect("staller");
@@ -352,5 +353,47 @@ fn raw_reads_match_frames_and_stop_at_their_byte_budget() {
             (21, "dev2".into())
         ]
     );
+    j.close().expect("close");
+}
+
+#[test]
+fn a_stalled_disk_refuses_appends_past_the_seq_lease_instead_of_waiting_for_it() {
+    // Extending the lease needs the disk; with commits stalled and frames queued, an
+    // append past the lease is refused rather than left waiting for the disk under the
+    // writer lock (a serial or MQTT task would hang with it).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut c = cfg(dir.path());
+    c.pending_max_bytes = ByteSize(1 << 30);
+    let j = Journal::open(c).expect("open");
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let (held, holding) = std::sync::mpsc::channel::<()>();
+    let staller = std::thread::spawn({
+        let j = j.clone();
+        move || {
+            let _stalled = j.stall();
+            let _ = held.send(());
+            let _ = released.recv();
+        }
+    });
+    holding.recv().expect("stall hook held");
+    let mut last = 0;
+    let refused = loop {
+        let mut batch: Vec<Frame> = (0..500).map(|n| frame(last + n, 5)).collect();
+        match j.try_append_many(&mut batch) {
+            Ok(r) => last = *r.end(),
+            Err(JournalError::Full { frames, .. }) => break frames,
+            Err(e) => panic!("append: {e}"),
+        }
+        assert!(last <= 2 * SEQ_LEASE, "appends ran past the lease");
+    };
+    assert_eq!(refused, 500);
+    assert!(last >= SEQ_LEASE / 2, "the lease ran out early, at {last}");
+    let _ = release.send(());
+    staller.join().expect("staller");
+    j.wait_durable_blocking(last).expect("durable");
+    let r = j
+        .append_many((0..500).map(|n| frame(n, 5)).collect())
+        .expect("the next commit extends the lease");
+    assert_eq!(*r.start(), last + 1);
     j.close().expect("close");
 }

@@ -14,12 +14,13 @@ use rumqttc::{EventLoop, Packet};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// Stop reading until the journal can take `needed` more bytes. Errors when the journal
-/// closes or shutdown fires first (the held publishes stay unacked: the broker resends).
+/// Stop reading until the journal can take the refused batch, `(frames, bytes)`. Errors
+/// when the journal closes or shutdown fires first (the held publishes stay unacked: the
+/// broker resends them).
 pub async fn until_room(
     eventloop: &mut EventLoop,
     journal: &Journal,
-    needed: u64,
+    (frames, needed): (u64, u64),
     shutdown: &CancellationToken,
     slot: &SourceSlot,
 ) -> Result<(), JournalError> {
@@ -39,7 +40,7 @@ pub async fn until_room(
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break Err(JournalError::Closed),
-            r = journal.wait_room(needed) => break r,
+            r = journal.wait_room(frames, needed) => break r,
             _ = ping.tick() => pinged |= ping_broker(eventloop).await,
             _ = beat.tick() => slot.beat(),
         }

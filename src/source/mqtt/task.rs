@@ -325,11 +325,11 @@ impl Source {
                         &mut pending,
                     ) {
                         // Hold the batch and stop reading until the journal can take it.
-                        Err(JournalError::Full { needed, .. }) => {
+                        Err(JournalError::Full { needed, frames, .. }) => {
                             if let Err(e) = pause::until_room(
                                 &mut eventloop,
                                 &journal,
-                                needed,
+                                (frames, needed),
                                 &shutdown,
                                 &slot,
                             )
