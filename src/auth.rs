@@ -107,7 +107,7 @@ fn hex(bytes: &[u8]) -> String {
 /// A fresh random key: `fg_` + 64 hex chars.
 pub fn generate_key() -> String {
     let mut raw = [0u8; 32];
-    rand::thread_rng().fill_bytes(&mut raw);
+    rand::rng().fill_bytes(&mut raw);
     format!("fg_{}", hex(&raw))
 }
 

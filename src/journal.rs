@@ -4,17 +4,21 @@
 //! once. A background flusher thread group-commits: once per `flush_ms` window it writes
 //! the queued frames to sled as compressed chunks (see `chunk`), fsyncs, and publishes the
 //! durable seq, which is what MQTT acks and crash-safety claims wait on. Seqs are leased durably ahead
-//! of use, so a seq is never reused, even after kill -9. The same thread enforces the byte
-//! cap (drop-oldest eviction) and retention (prune what every sink acknowledged).
+//! of use, so a seq is never reused, even after kill -9; the lease is mirrored in a seq floor
+//! file beside the directory (see `floor`), so not after a quarantine or a deleted journal
+//! either. The same thread enforces the byte cap (drop-oldest eviction) and retention
+//! (prune what every sink acknowledged).
 //!
 //! The write queue is bounded in bytes (`pending_max_bytes`) and never drops: a full queue
 //! refuses appends ([`JournalError::Full`]) so that the source applies backpressure (MQTT
 //! stops reading from its broker, see [`Journal::wait_room`]) or counts the loss (serial).
 //! The durable seq only ever covers frames that were written.
 
-mod chunk;
+pub(crate) mod chunk;
+mod floor;
 mod flusher;
 mod open;
+mod refuse;
 mod stats;
 
 pub use open::Quarantine;
@@ -23,6 +27,7 @@ pub use stats::JournalStats;
 use crate::frame::{key_seq, seq_key, DecodeError, Frame, RawFrame, RecordView};
 use crate::sync::lock;
 use crate::units::{ByteSize, HumanDuration, Positive};
+use floor::SeqFloor;
 use serde::Deserialize;
 use stats::Counters;
 use std::collections::{BTreeSet, VecDeque};
@@ -83,8 +88,15 @@ pub enum JournalError {
     #[error("journal is closed")]
     Closed,
     /// Another process holds the journal.
-    #[error("journal {0} is locked by another fieldgate process")]
+    #[error(
+        "journal {0} is in use by another process (a running fieldgate service?); stop it \
+         first (`systemctl stop fieldgate`) or use another journal. Nothing was moved."
+    )]
     Locked(PathBuf),
+    /// The journal is not corrupt but cannot be used (permissions, a full disk, ...); the
+    /// message names the path, the owner and the fix.
+    #[error("{0}")]
+    Refused(String),
     /// The directory could not be moved aside or recreated.
     #[error("cannot quarantine journal: {0}")]
     Io(#[from] std::io::Error),
@@ -189,16 +201,52 @@ struct Inner {
     sinks: Mutex<BTreeSet<String>>,
     quarantine: Option<Quarantine>,
     flow: Flow,
+    /// The seq floor file; its mutex also orders lease writes.
+    floor: Mutex<SeqFloor>,
+    /// `<journal>.lock`, held while open.
+    _lock: std::fs::File,
 }
 
 fn meta_u64(meta: &sled::Tree, key: &str) -> Result<Option<u64>, sled::Error> {
     Ok(meta.get(key)?.as_deref().and_then(key_seq))
 }
 
+impl Inner {
+    /// Record a seq lease ending at `lease_end`: in the floor file at once (fsynced), in
+    /// `meta` with the next flush. Never lowers either; seqs up to `lease_end` may be issued
+    /// once this returned and a flush followed.
+    fn persist_lease(&self, lease_end: u64) -> Result<(), JournalError> {
+        let mut floor = lock(&self.floor);
+        if lease_end <= floor.value() {
+            return Ok(());
+        }
+        self.meta.insert("lease_end", &seq_key(lease_end))?;
+        floor.update(lease_end, false);
+        self.counters.seq_floor.store(floor.value(), Relaxed);
+        Ok(())
+    }
+}
+
 impl Journal {
-    /// Open (or create) the journal; a journal that cannot be opened is quarantined.
+    /// Open (or create) the journal; a corrupt journal is quarantined, one that cannot be
+    /// used for another reason (permissions, a full disk, another process) is refused.
     pub fn open(cfg: JournalConfig) -> Result<Journal, JournalError> {
-        let (db, quarantine) = open::open_or_quarantine(&cfg)?;
+        let opened = open::open_or_quarantine(&cfg)?;
+        let path = cfg.path.clone();
+        // Writing at open (the lease, the floor) meets a full disk first.
+        Journal::start(cfg, opened).map_err(|e| refuse::storage(&path, e))
+    }
+
+    fn start(cfg: JournalConfig, opened: open::Opened) -> Result<Journal, JournalError> {
+        let open::Opened {
+            db,
+            quarantine,
+            lock: lock_file,
+        } = opened;
+        let mut floor = SeqFloor::read(&cfg.path).map_err(|e| {
+            let file = floor::beside(&cfg.path, ".seq").unwrap_or_else(|_| cfg.path.clone());
+            refuse::io(&cfg.path, &file, &e)
+        })?;
         let frames = db.open_tree("frames")?;
         let cursors = db.open_tree("cursors")?;
         let meta = db.open_tree("meta")?;
@@ -209,7 +257,8 @@ impl Journal {
             .evicted
             .store(meta_u64(&meta, "evicted")?.unwrap_or(0), Relaxed);
         // Where to continue: after a clean close exactly where we stopped, after a crash
-        // above every seq that may have been handed out (the durable lease).
+        // above every seq that may have been handed out (the durable lease), and above the
+        // floor file (a journal quarantined or deleted since).
         let last_stored = counters.last_seq.load(Relaxed);
         let clean = meta_u64(&meta, "clean_next")?;
         let lease = meta_u64(&meta, "lease_end")?;
@@ -217,6 +266,7 @@ impl Journal {
             clean.unwrap_or(1),
             lease.map_or(1, |l| l + 1),
             last_stored + 1,
+            floor.value() + 1,
         ]
         .into_iter()
         .max()
@@ -224,6 +274,10 @@ impl Journal {
         let lease_end = next_seq + SEQ_LEASE - 1;
         meta.insert("lease_end", &seq_key(lease_end))?;
         meta.remove("clean_next")?;
+        floor
+            .raise(lease_end)
+            .map_err(|e| refuse::io(&cfg.path, floor.path(), &e))?;
+        counters.seq_floor.store(floor.value(), Relaxed);
         db.flush()?;
         counters.last_seq.store(next_seq - 1, Relaxed);
         counters.durable_seq.store(next_seq - 1, Relaxed);
@@ -249,6 +303,8 @@ impl Journal {
             sinks: Mutex::new(BTreeSet::new()),
             quarantine,
             flow: Flow::default(),
+            floor: Mutex::new(floor),
+            _lock: lock_file,
         });
         let worker = Arc::clone(&inner);
         let flusher = std::thread::Builder::new()
@@ -324,7 +380,7 @@ impl Journal {
             // The flusher extends the lease ahead of us with every commit; with nothing
             // queued (`fits`) this is the fallback, and the disk is not known to be stuck.
             st.lease_end = last + SEQ_LEASE;
-            inner.meta.insert("lease_end", &seq_key(st.lease_end))?;
+            inner.persist_lease(st.lease_end)?;
             inner.db.flush()?;
         }
         // The frames themselves go here: what is queued and relayed is their records.
@@ -390,6 +446,32 @@ impl Journal {
         self.inner.commit_now();
     }
 
+    /// Make every seq issued from now on greater than `seq`, durably (the seq floor and the
+    /// lease are on disk when this returns). The Mongo sink calls it with the highest seq
+    /// MongoDB already holds for this gateway. Returns whether the next seq moved.
+    pub fn lift_floor(&self, seq: u64) -> Result<bool, JournalError> {
+        let inner = &self.inner;
+        let mut st = lock(&inner.write);
+        if st.closed {
+            return Err(JournalError::Closed);
+        }
+        if st.next_seq > seq {
+            return Ok(false);
+        }
+        let next = seq.saturating_add(1);
+        let lease_end = next.saturating_add(SEQ_LEASE - 1);
+        inner.persist_lease(lease_end)?;
+        inner.db.flush()?;
+        tracing::info!(
+            from = st.next_seq,
+            to = next,
+            "seq floor lifted: the next seq continues above what the destination holds"
+        );
+        st.next_seq = next;
+        st.lease_end = st.lease_end.max(lease_end);
+        Ok(true)
+    }
+
     /// Wait until every seq ≤ `seq` is on disk (fsynced). Errors if the journal closed first.
     pub async fn wait_durable(&self, seq: u64) -> Result<u64, JournalError> {
         let mut rx = self.inner.durable.subscribe();
@@ -414,6 +496,11 @@ impl Journal {
     /// The highest seq known to be durable.
     pub fn durable_seq(&self) -> u64 {
         self.inner.counters.durable_seq.load(SeqCst)
+    }
+
+    /// The seq the next append gets.
+    pub fn next_seq(&self) -> u64 {
+        lock(&self.inner.write).next_seq
     }
 
     /// The highest seq issued so far.
@@ -643,6 +730,10 @@ impl Journal {
         inner.meta.insert("clean_next", &seq_key(next))?;
         inner.meta.insert("lease_end", &seq_key(next - 1))?;
         inner.db.flush()?;
+        // Exactly the last seq issued: the next open continues there, not past the lease.
+        let mut floor = lock(&inner.floor);
+        floor.update(next - 1, true);
+        inner.counters.seq_floor.store(floor.value(), Relaxed);
         tracing::info!(last_seq = next - 1, "journal closed");
         Ok(())
     }

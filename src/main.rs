@@ -1,6 +1,5 @@
-//! The `fieldgate` command line: run, demo, check-config, keys, journal, bench.
+//! The `fieldgate` command line: run, demo, check-config, keys, journal, tail.
 
-mod bench;
 mod tail;
 
 use anyhow::Context;
@@ -72,11 +71,6 @@ enum Cmd {
     },
     /// Watch live frames from a gateway (filters, backfill, JSON lines).
     Tail(tail::TailArgs),
-    /// Measure performance; prints numbers.
-    Bench {
-        #[command(subcommand)]
-        cmd: bench::BenchCmd,
-    },
 }
 
 /// Where the journal is: from a config file or a directory.
@@ -335,10 +329,6 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Tail(args) => {
             runtime()?.block_on(tail::run(args))?;
             Ok(ExitCode::SUCCESS)
-        }
-        Cmd::Bench { cmd } => {
-            init_logging("warn");
-            bench::run(cmd).map(|_| ExitCode::SUCCESS)
         }
     }
 }

@@ -3,6 +3,15 @@
 //! Every number already lives in exactly one place (journal counters, source and sink
 //! status slots, the hub), so this module only formats a snapshot of them; a separate
 //! metrics registry would be a second copy of the same state.
+//!
+//! The Prometheus rules hold by construction: a counter is a total of this run kept where
+//! it is counted (a WebSocket client that leaves takes nothing out of
+//! `fieldgate_ws_frames_sent_total`), every family has its `# HELP` and `# TYPE`, and
+//! labels are the ones documented beside the counters (`reason` on
+//! `fieldgate_frames_invalid_total`). The text is written here rather than through the
+//! `prometheus-client` crate: its registry would hold that second copy, and its encoder
+//! writes OpenMetrics (counter families renamed without `_total`, `# EOF`), which would
+//! change the names every existing scrape config and dashboard reads.
 
 use crate::api::AppState;
 use crate::relay::latency::BOUNDS_US;
@@ -120,6 +129,12 @@ pub fn render(st: &AppState) -> String {
         j.flushes,
     );
     o.one(
+        "fieldgate_journal_write_failing",
+        "gauge",
+        "1 while journal writes keep failing (a full disk, ...).",
+        u8::from(j.write_failing),
+    );
+    o.one(
         "fieldgate_journal_decode_errors_total",
         "counter",
         "Undecodable records skipped.",
@@ -139,14 +154,20 @@ pub fn render(st: &AppState) -> String {
             s.frames,
         );
     }
-    o.each(
-        "fieldgate_frames_invalid_total",
-        "counter",
-        "Input rejected per source.",
-        &sources,
-        "source",
-        |s| s.invalid,
-    );
+    let name = "fieldgate_frames_invalid_total";
+    o.head(name, "counter", "Input rejected per source and reason.");
+    for (source, s) in &sources {
+        for (reason, n) in &s.invalid_by_reason {
+            o.val(name, &[("source", source), ("reason", reason)], n);
+        }
+        // Rejects counted without a reason still count.
+        let unnamed = s
+            .invalid
+            .saturating_sub(s.invalid_by_reason.values().sum::<u64>());
+        if unnamed > 0 {
+            o.val(name, &[("source", source), ("reason", "other")], unnamed);
+        }
+    }
     o.each(
         "fieldgate_source_up",
         "gauge",
@@ -173,6 +194,25 @@ pub fn render(st: &AppState) -> String {
         "sink",
         |s| s.resent,
     );
+    o.each(
+        "fieldgate_sink_collisions_total",
+        "counter",
+        "Frames whose _id the destination held for a different frame (re-journaled).",
+        &sinks,
+        "sink",
+        |s| s.collisions,
+    );
+    let name = "fieldgate_sink_encode_fallbacks_total";
+    o.head(
+        name,
+        "counter",
+        "Frames not stored as plain documents, by reason.",
+    );
+    for (sink, s) in &sinks {
+        for (reason, n) in &s.encode_fallbacks {
+            o.val(name, &[("sink", sink), ("reason", reason)], n);
+        }
+    }
     o.each(
         "fieldgate_sink_lag_frames",
         "gauge",
@@ -208,14 +248,14 @@ pub fn render(st: &AppState) -> String {
     o.one(
         "fieldgate_ws_frames_sent_total",
         "counter",
-        "Frames sent to connected clients.",
-        clients.iter().map(|c| c.sent).sum::<u64>(),
+        "Frames sent to WebSocket clients (all clients of this run, gone ones included).",
+        st.hub.delivery.sent.load(Relaxed),
     );
     o.one(
         "fieldgate_ws_frames_dropped_total",
         "counter",
-        "Frames dropped for connected slow clients.",
-        clients.iter().map(|c| c.dropped).sum::<u64>(),
+        "Frames dropped for slow WebSocket clients (all clients of this run).",
+        st.hub.delivery.dropped.load(Relaxed),
     );
     let lat = st.hub.relay_latency.snapshot();
     let name = "fieldgate_relay_latency_seconds";

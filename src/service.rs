@@ -84,6 +84,11 @@ pub async fn run(cfg: Config, opts: RunOptions) -> anyhow::Result<()> {
         let ctx = ctx(&s.name, "obd");
         tasks.spawn(crate::source::obd::run(s, ctx));
     }
+    // [can sources]
+    for s in cfg.sources.can.iter().cloned() {
+        let c = ctx(&s.name, "can");
+        tasks.spawn(crate::source::can::run(s, c));
+    }
     // [mqtt sources]
     for s in cfg.sources.mqtt.iter().cloned() {
         let c = ctx(&s.name, "mqtt");

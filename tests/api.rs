@@ -184,13 +184,50 @@ fn frames_query_filters_and_limits() {
                 .all(|f| f["kind"] == "gps" && f["seq"].as_u64() >= Some(3))
     );
     let (_, dev) = get("device=sim-obd&vehicle=van-1&limit=10");
-    assert!(dev["frames"]
+    let dev = dev["frames"].as_array().expect("frames");
+    assert!(
+        !dev.is_empty() && dev.iter().all(|f| f["device"] == "sim-obd"),
+        "{dev:?}"
+    );
+    let (_, none) = get("until=1000");
+    assert_eq!(none["count"], 0);
+
+    // A time window inside what is stored: frames before `since` and at or after `until`
+    // exist, and exactly the ones in between come back.
+    let stored: Vec<(u64, i64)> = frames
+        .iter()
+        .map(|f| {
+            (
+                f["seq"].as_u64().expect("seq"),
+                f["ts_ms"].as_i64().expect("ts_ms"),
+            )
+        })
+        .collect();
+    let since = stored[15].1;
+    let until = stored[35].1;
+    let inside: Vec<u64> = stored
+        .iter()
+        .filter(|(_, ts)| (since..until).contains(ts))
+        .map(|(seq, _)| *seq)
+        .collect();
+    assert!(
+        stored.iter().any(|(_, ts)| *ts < since) && stored.iter().any(|(_, ts)| *ts >= until),
+        "frames on both sides of the window: {stored:?}"
+    );
+    assert!(!inside.is_empty(), "frames inside the window: {stored:?}");
+    let first = stored[0].0;
+    let (code, window) = get(&format!(
+        "from_seq={first}&since={since}&until={until}&limit=50"
+    ));
+    assert_eq!(code, 200, "{window}");
+    let got: Vec<u64> = window["frames"]
         .as_array()
         .expect("frames")
         .iter()
-        .all(|f| f["device"] == "sim-obd"));
-    let (_, none) = get("until=1000");
-    assert_eq!(none["count"], 0);
+        .map(|f| f["seq"].as_u64().expect("seq"))
+        .filter(|seq| *seq <= stored[stored.len() - 1].0)
+        .collect();
+    assert_eq!(got, inside, "since={since} until={until}");
     let (code, e) = get("limit=10001");
     assert_eq!(code, 400);
     assert!(e["error"]["message"]

@@ -23,8 +23,17 @@ fn node_client_tests_pass_against_the_gateway() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success(), "node --test failed:\n{text}");
-    assert!(
-        text.contains("pass 3"),
-        "expected 3 passing node tests:\n{text}"
+    // The reporter's summary: lines `ℹ tests 3`, `ℹ pass 3`, `ℹ fail 0`, ... Compared as
+    // whole numbers, so `pass 30` is not `pass 3`.
+    let summary = |key: &str| -> Option<u64> {
+        text.lines().find_map(|l| {
+            let (k, v) = l.trim_start_matches('ℹ').trim().split_once(' ')?;
+            (k == key).then(|| v.trim().parse().ok())?
+        })
+    };
+    assert_eq!(
+        (summary("tests"), summary("pass"), summary("fail")),
+        (Some(3), Some(3), Some(0)),
+        "expected the 3 node tests to pass:\n{text}"
     );
 }

@@ -8,6 +8,7 @@ use bson::doc;
 use common::mongo::{assert_exactly_once, unique_db, MongoServer};
 use common::{free_port, run_cli, signal, wait_exit, Gateway};
 use fieldgate::journal::{Journal, JournalConfig};
+use fieldgate::sink::mongo::encode;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -84,10 +85,15 @@ backoff_max = "2s"
     }
 
     fn run(&self) -> Gateway {
+        self.run_as(&self.key)
+    }
+
+    /// Run with the API key `key` (one made after the journal was replaced).
+    fn run_as(&self, key: &str) -> Gateway {
         Gateway::run(
             &self.config_path(),
             self.port,
-            &self.key,
+            key,
             &self.dir.path().join("logs"),
         )
     }
@@ -95,8 +101,13 @@ backoff_max = "2s"
     /// Restart without sources until the sink has acknowledged the whole journal, stop it,
     /// and return the seqs in the journal.
     fn drain(&self, uri: &str, db: &str) -> Vec<u64> {
+        self.drain_as(&self.key, uri, db)
+    }
+
+    /// [`Setup::drain`] with the API key `key`.
+    fn drain_as(&self, key: &str, uri: &str, db: &str) -> Vec<u64> {
         self.write_config(uri, db, None);
-        let gw = self.run();
+        let gw = self.run_as(key);
         let st = gw.status_until(Duration::from_secs(180), |s| {
             let m = &s["sinks"]["mongo"];
             m["state"] == "online" && m["lag"] == 0
@@ -285,4 +296,102 @@ fn unreachable_at_start_then_syncs_when_the_server_appears() {
     let journal = setup.drain(&server.uri(), &db);
     let last = *journal.last().expect("frames");
     assert_exactly_once(&server, &db, GATEWAY, last);
+}
+
+/// A new SD card: the journal and its seq floor file are gone, and the gateway journals
+/// while MongoDB is away, reusing seqs MongoDB holds. When the server is back, every such
+/// frame is counted as a collision (status and metrics) and arrives under a fresh seq.
+#[test]
+fn reused_seqs_are_counted_in_status_and_metrics_and_nothing_is_lost() {
+    let mut server = MongoServer::start();
+    let db = unique_db("newcard");
+    let setup = Setup::new();
+    setup.write_config(&server.uri(), &db, Some(2));
+    let gw = setup.run();
+    gw.status_until(Duration::from_secs(60), |s| {
+        u(&mongo(s)["acked_seq"]) >= 3_000
+    });
+    assert!(gw.stop().success());
+    let before = server.count(&db, "frames");
+
+    std::fs::remove_dir_all(setup.journal_path()).expect("rm -rf journal");
+    std::fs::remove_file(setup.dir.path().join("journal.seq")).expect("rm floor file");
+    let cfg = setup.config_path().to_string_lossy().to_string();
+    let (code, key, err) = run_cli(&["keys", "add", "t", "--scopes", "admin", "--config", &cfg]);
+    assert_eq!(code, 0, "{err}");
+    server.stop();
+    let key = key.trim();
+    let gw = setup.run_as(key);
+    let st = gw.status_until(Duration::from_secs(60), |s| {
+        u(&s["journal"]["durable_seq"]) >= 300
+    });
+    assert!(
+        u(&st["journal"]["last_seq"]) < before,
+        "offline frames reuse stored seqs"
+    );
+    server.restart();
+    let reused = u(&st["journal"]["last_seq"]);
+    let st = gw.status_until(Duration::from_secs(120), |s| {
+        mongo(s)["state"] == "online"
+            && u(&mongo(s)["collisions"]) >= reused
+            && u(&mongo(s)["acked_seq"]) > before
+    });
+    let collisions = u(&mongo(&st)["collisions"]);
+    let (code, text) = common::http_text(&gw.url("/metrics"), &gw.key);
+    assert_eq!(code, 200);
+    assert!(
+        text.contains(&format!(
+            "\nfieldgate_sink_collisions_total{{sink=\"mongo\"}} {collisions}\n"
+        )),
+        "{text}"
+    );
+    assert!(gw.stop().success());
+
+    setup.drain_as(key, &server.uri(), &db);
+    let frames = journal_frames(&setup.journal_path());
+    let hashes: BTreeMap<String, i64> = server
+        .docs(&db, "frames", doc! {"_id": 1, "h": 1})
+        .iter()
+        .map(|d| {
+            (
+                d.get_str("_id").expect("_id").into(),
+                d.get_i64("h").unwrap_or(0),
+            )
+        })
+        .collect();
+    let mut delivered = BTreeSet::new();
+    let mut collided = Vec::new();
+    for f in &frames {
+        let mine = hashes.get(&f.doc_id()) == Some(&encode::content_hash(f));
+        if mine {
+            delivered.insert((f.ts_ms, f.payload.to_string()));
+        } else {
+            collided.push(f);
+        }
+    }
+    assert_eq!(collided.len() as u64, collisions);
+    for f in collided {
+        assert!(
+            delivered.contains(&(f.ts_ms, f.payload.to_string())),
+            "collided frame seq {} never arrived under a fresh seq",
+            f.seq
+        );
+    }
+    assert_eq!(
+        hashes.len() as u64,
+        before + frames.len() as u64 - collisions,
+        "every frame in MongoDB once"
+    );
+}
+
+/// Every frame in the journal at `path` (the gateway must be stopped).
+fn journal_frames(path: &Path) -> Vec<fieldgate::frame::Frame> {
+    let j = Journal::open(JournalConfig {
+        path: path.to_path_buf(),
+        ..JournalConfig::default()
+    })
+    .expect("open journal");
+    let frames = j.range(1, usize::MAX);
+    j.close().expect("close journal");
+    frames
 }

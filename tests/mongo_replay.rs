@@ -6,126 +6,18 @@ mod common;
 
 use bson::doc;
 use common::mongo::{assert_exactly_once, block, unique_db, MongoServer};
-use fieldgate::frame::Frame;
-use fieldgate::journal::{Journal, JournalConfig};
-use fieldgate::sink::mongo::MongoConfig;
-use fieldgate::sink::{SinkState, SinkStates};
-use fieldgate::units::{HumanDuration, Positive};
+use common::sink::Rig;
+use fieldgate::sink::mongo::encode;
 use serde_json::json;
 use std::time::{Duration, Instant};
-use tokio_util::sync::CancellationToken;
 
 const GATEWAY: &str = "gw-replay";
-
-/// A journal in a temp dir plus a running sink on its own runtime.
-struct Rig {
-    _dir: tempfile::TempDir,
-    journal: Journal,
-    states: SinkStates,
-    shutdown: CancellationToken,
-    rt: tokio::runtime::Runtime,
-    task: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl Rig {
-    fn new() -> Rig {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let journal = Journal::open(JournalConfig {
-            path: dir.path().join("journal"),
-            flush_ms: Positive(5),
-            ..JournalConfig::default()
-        })
-        .expect("journal");
-        Rig {
-            _dir: dir,
-            journal,
-            states: SinkStates::default(),
-            shutdown: CancellationToken::new(),
-            rt: tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("runtime"),
-            task: None,
-        }
-    }
-
-    fn start(&mut self, uri: &str, db: &str) {
-        let mut cfg = MongoConfig::with_uri(uri.to_string());
-        cfg.database = db.to_string();
-        cfg.batch_max = Positive(64);
-        cfg.batch_ms = Positive(20);
-        cfg.backoff_max = HumanDuration(Duration::from_secs(1));
-        let slot = self.states.register("mongo");
-        let fut = fieldgate::sink::mongo::run(
-            cfg,
-            GATEWAY.into(),
-            self.journal.clone(),
-            slot,
-            self.shutdown.clone(),
-        );
-        self.task = Some(self.rt.spawn(fut));
-    }
-
-    fn state(&self) -> SinkState {
-        self.states
-            .snapshot()
-            .remove("mongo")
-            .expect("mongo sink registered")
-    }
-
-    fn until(&self, what: &str, pred: impl Fn(&SinkState) -> bool) -> SinkState {
-        let t0 = Instant::now();
-        loop {
-            let s = self.state();
-            if pred(&s) {
-                return s;
-            }
-            assert!(t0.elapsed() < Duration::from_secs(60), "{what}: {s:?}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Stop the sink (the journal stays open for another `start`).
-    fn stop_sink(&mut self) {
-        self.shutdown.cancel();
-        if let Some(t) = self.task.take() {
-            self.rt.block_on(t).expect("sink task");
-        }
-        assert_eq!(self.state().state, "stopped");
-        self.shutdown = CancellationToken::new();
-    }
-
-    fn stop(mut self) {
-        self.stop_sink();
-        self.journal.close().expect("close");
-    }
-
-    /// Journal `frame(i)` for each `i`; the seqs they got.
-    fn append(&self, range: std::ops::Range<u64>) -> std::ops::RangeInclusive<u64> {
-        self.journal
-            .append_many(range.map(frame).collect())
-            .expect("append")
-    }
-}
-
-fn frame(i: u64) -> Frame {
-    let mut f = Frame::new(
-        GATEWAY,
-        "test",
-        &format!("dev{}", i % 3),
-        "json",
-        json!({ "i": i }),
-    );
-    f.vehicle = Some("van-1".into());
-    f
-}
 
 #[test]
 fn replayed_documents_are_delivered_not_errors() {
     let server = MongoServer::start();
     let db = unique_db("replay");
-    let mut rig = Rig::new();
+    let mut rig = Rig::new(GATEWAY);
     let seqs = rig.append(0..300);
     assert_eq!(*seqs.end(), 300);
     block(rig.journal.flush()).expect("flush");
@@ -136,7 +28,15 @@ fn replayed_documents_are_delivered_not_errors() {
         .range(1, 300)
         .into_iter()
         .filter(|f| f.seq % 5 == 0 || (100..=180).contains(&f.seq))
-        .map(|f| f.to_document())
+        .map(|f| {
+            let mut d = encode::encode(&f).doc.to_document().expect("document");
+            // Documents written before the content hash existed have no `h`: the same frame
+            // is recognised by seq, gateway, ts and device.
+            if f.seq % 3 == 0 {
+                d.remove("h");
+            }
+            d
+        })
         .collect();
     let pre_n = pre.len();
     server.insert(&db, "frames", pre);
@@ -147,6 +47,10 @@ fn replayed_documents_are_delivered_not_errors() {
     assert_eq!(s.delivered, 300);
     assert_eq!(s.lag, 0);
     assert_eq!(s.last_error, None, "duplicates are not errors");
+    assert_eq!(
+        s.collisions, 0,
+        "a replay of the same frames is no collision"
+    );
     assert_exactly_once(&server, &db, GATEWAY, 300);
     assert!(pre_n > 80);
 
@@ -164,7 +68,7 @@ fn replayed_documents_are_delivered_not_errors() {
 fn acknowledged_frames_the_server_lost_are_sent_again() {
     let mut server = MongoServer::start();
     let db = unique_db("lost");
-    let mut rig = Rig::new();
+    let mut rig = Rig::new(GATEWAY);
     rig.append(0..300);
     rig.start(&server.uri(), &db);
     rig.until("all acked", |s| s.acked_seq == 300);
@@ -199,7 +103,7 @@ fn acknowledged_frames_the_server_lost_are_sent_again() {
 fn registries_are_mirrored_by_upsert_and_delete() {
     let server = MongoServer::start();
     let db = unique_db("registry");
-    let mut rig = Rig::new();
+    let mut rig = Rig::new(GATEWAY);
     let devices = rig.journal.tree("devices").expect("devices");
     let vehicles = rig.journal.tree("vehicles").expect("vehicles");
     let put = |t: &sled::Tree, id: &str, v: serde_json::Value| {

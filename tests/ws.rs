@@ -8,6 +8,7 @@ use common::{http, http_async, keyed_gateway, ws_connect, ws_next, ws_next_of, w
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use std::time::Duration;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
 fn rt() -> tokio::runtime::Runtime {
@@ -334,74 +335,142 @@ fn random_bytes_over_websocket_never_crash_the_gateway() {
     assert_eq!(code, 200);
 }
 
-#[test]
-fn a_client_that_never_reads_does_not_hurt_others() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (gw, k) = keyed_gateway(dir.path(), 2);
-    let rss = |pid: u32| -> u64 {
-        std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .ok()
-            .and_then(|s| {
-                s.lines().find_map(|l| {
-                    l.strip_prefix("VmRSS:")
-                        .map(|v| v.trim().trim_end_matches(" kB").parse().unwrap_or(0))
-                })
-            })
-            .unwrap_or(0)
-    };
-    rt().block_on(async {
-        // The stalled client: connects, asks for everything from seq 1, never reads.
-        let (stalled, _) = ws_connect(gw.port, "/ws", Some(&k.read), Some("stalled"))
-            .await
-            .expect("stalled");
-        let (mut live_only, _) = ws_connect(gw.port, "/ws", Some(&k.read), Some("slow"))
-            .await
-            .expect("slow");
-        let (mut good, _) = ws_connect(gw.port, "/ws", Some(&k.read), Some("good"))
-            .await
-            .expect("good");
-        ws_send(&mut good, json!({"type": "subscribe", "data": {}})).await;
-        ws_next_of(&mut good, "subscribed").await;
-        let rss0 = rss(gw.child.id());
-        let mut last = 0u64;
-        let mut received = 0u64;
-        let t0 = std::time::Instant::now();
-        while t0.elapsed() < Duration::from_secs(8) {
-            let m = ws_next(&mut good).await.expect("good client open");
-            match m["type"].as_str() {
-                Some("frame") => {
-                    let seq = m["data"]["seq"].as_u64().expect("seq");
-                    assert!(
-                        last == 0 || seq == last + 1,
-                        "good client missed frames: {last} -> {seq}"
-                    );
-                    last = seq;
-                    received += 1;
-                }
-                Some("lagged") => panic!("the reading client lagged"),
-                _ => {}
+/// Frames one shed drops at least: the queue sheds past its 2,048-frame bound
+/// (`relay::conn::CLIENT_QUEUE`) down to half of it.
+const SHED_MIN: u64 = 2_048 / 2 + 1;
+
+/// A reader that checks every live frame follows the one before it, and never lags.
+async fn read_gapless(mut ws: common::Ws, stop: tokio::sync::watch::Receiver<bool>) -> u64 {
+    let (mut last, mut received) = (0u64, 0u64);
+    while !*stop.borrow() {
+        let m = ws_next(&mut ws).await.expect("reading client open");
+        match m["type"].as_str() {
+            Some("frame") => {
+                let seq = m["data"]["seq"].as_u64().expect("seq");
+                assert!(
+                    last == 0 || seq == last + 1,
+                    "a reading client missed frames: {last} -> {seq}"
+                );
+                last = seq;
+                received += 1;
             }
+            Some("lagged") => panic!("a reading client lagged: {m}"),
+            _ => {}
         }
+    }
+    received
+}
+
+#[test]
+fn a_client_that_never_reads_is_lagged_then_closed_and_others_miss_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // ~1,000 frames/s: the stalled client's 2,048-frame queue overflows within seconds.
+    let (gw, k) = keyed_gateway(dir.path(), 2);
+    rt().block_on(async {
+        // The stalled client: a 4 KiB receive buffer set before connecting (so the window
+        // it advertises stays small), and no reads until the gateway has given up on it.
+        let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+        sock.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+        let tcp = sock
+            .connect(([127, 0, 0, 1], gw.port).into())
+            .await
+            .expect("connect");
+        let mut req = format!("ws://127.0.0.1:{}/ws", gw.port)
+            .into_client_request()
+            .expect("request");
+        req.headers_mut()
+            .insert("x-api-key", k.read.parse().expect("header"));
+        req.headers_mut()
+            .insert("sec-websocket-protocol", "stalled".parse().expect("header"));
+        let (mut stalled, _) = tokio_tungstenite::client_async(req, tcp)
+            .await
+            .expect("stalled client upgrade");
+        let (stop_tx, stop) = tokio::sync::watch::channel(false);
+        let mut readers = Vec::new();
+        for name in ["reader-a", "reader-b"] {
+            let (ws, _) = ws_connect(gw.port, "/ws", Some(&k.read), Some(name))
+                .await
+                .expect("reader");
+            readers.push(tokio::spawn(read_gapless(ws, stop.clone())));
+        }
+        // Three sheds (each drops at least SHED_MIN) within 30 s mark the client as
+        // persistently slow.
+        let t0 = std::time::Instant::now();
+        let dropped = loop {
+            let (_, conns) =
+                http_async("GET", &gw.url("/api/connections"), Some(&k.read), None).await;
+            let stalled_entry = conns["clients"]
+                .as_array()
+                .expect("clients")
+                .iter()
+                .find(|c| c["name"] == "stalled")
+                .cloned();
+            let dropped = stalled_entry
+                .and_then(|c| c["dropped"].as_u64())
+                .unwrap_or(0);
+            if dropped >= 3 * SHED_MIN {
+                break dropped;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "the stalled client was never shed three times (dropped {dropped}): {conns}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        // Now it reads: what reached it is in order, the gaps are announced by `lagged`,
+        // and the gateway's close (1008) comes after them.
+        let (mut lagged, mut last, mut close) = (0u64, 0u64, None);
+        let read = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(msg) = stalled.next().await {
+                match msg {
+                    Ok(Message::Text(t)) => {
+                        let m: serde_json::Value = serde_json::from_str(&t).expect("json");
+                        match m["type"].as_str() {
+                            Some("lagged") => {
+                                lagged += m["data"]["dropped"].as_u64().expect("dropped")
+                            }
+                            Some("frame") => {
+                                let seq = m["data"]["seq"].as_u64().expect("seq");
+                                assert!(seq > last, "out of order: {last} -> {seq}");
+                                last = seq;
+                            }
+                            _ => {}
+                        }
+                    }
+                    Ok(Message::Close(cf)) => {
+                        close = cf.map(|c| u16::from(c.code));
+                        break;
+                    }
+                    Ok(_) => {}
+                    Err(e) => panic!("stalled client: connection ended without a close: {e}"),
+                }
+            }
+        })
+        .await;
+        assert!(read.is_ok(), "the stalled client was never closed");
         assert!(
-            received > 500,
-            "good client received only {received} frames"
+            lagged >= SHED_MIN,
+            "the stalled client was told of {lagged} dropped frames (gateway dropped {dropped})"
         );
-        let rss1 = rss(gw.child.id());
-        assert!(
-            rss1 < rss0 + 64 * 1024,
-            "gateway RSS grew from {rss0} kB to {rss1} kB"
-        );
-        // The non-reading clients are contained: dropped, lagged or disconnected.
+        assert_eq!(close, Some(1008), "closed for being too slow");
+        // The reading clients got every frame meanwhile, with no gap and no lag.
+        stop_tx.send(true).expect("stop");
+        for r in readers {
+            let received = r.await.expect("reader");
+            assert!(
+                received > 1_000,
+                "a reading client got only {received} frames"
+            );
+            eprintln!(
+                "reading client: {received} frames, no gap; stalled client: {dropped} dropped, \
+                 told of {lagged}, closed 1008 after {:?}",
+                t0.elapsed()
+            );
+        }
         let (_, conns) = http_async("GET", &gw.url("/api/connections"), Some(&k.read), None).await;
-        let good_entry = conns["clients"]
-            .as_array()
-            .expect("clients")
-            .iter()
-            .find(|c| c["name"] == "good")
-            .cloned();
-        assert_eq!(good_entry.map(|c| c["dropped"].as_u64()), Some(Some(0)));
-        drop(stalled);
-        let _ = live_only.close(None).await;
+        for c in conns["clients"].as_array().expect("clients") {
+            assert_eq!(c["dropped"], 0, "a reading client lost frames: {c}");
+        }
     });
 }
 

@@ -78,7 +78,8 @@ impl Inner {
                 }
                 Err(e) => {
                     if failing_since.is_none() {
-                        tracing::error!(error = %e, "journal write failed; frames stay queued, retrying");
+                        tracing::error!(error = %e, path = %self.cfg.path.display(),
+                            "journal write failed; frames stay queued, retrying");
                     }
                     let since = *failing_since.get_or_insert(started);
                     if since.elapsed() > Duration::from_secs(2) {
@@ -101,19 +102,22 @@ impl Inner {
     fn commit(&self) -> Result<bool, JournalError> {
         #[cfg(test)]
         let _stalled = lock(&self.flow.stall);
-        let (batch, closed) = {
-            let mut st = lock(&self.write);
-            if !st.closed && st.lease_end - st.next_seq < SEQ_LEASE / 2 {
-                st.lease_end = st.next_seq + SEQ_LEASE;
-                self.meta.insert("lease_end", &seq_key(st.lease_end))?;
-            }
+        let (batch, closed, extend) = {
+            let st = lock(&self.write);
+            // The lease grows in two steps: recorded here (the floor file fsynced outside
+            // the writer lock, so appends never wait on it), usable after the flush below.
+            let extend = (!st.closed && st.lease_end.saturating_sub(st.next_seq) < SEQ_LEASE / 2)
+                .then_some(st.next_seq + SEQ_LEASE);
             let batch: Vec<(u64, i64, Arc<Vec<u8>>)> = st
                 .pending
                 .iter()
                 .map(|p| (p.seq, p.ts_ms, Arc::clone(&p.record)))
                 .collect();
-            (batch, st.closed)
+            (batch, st.closed, extend)
         };
+        if let Some(lease_end) = extend {
+            self.persist_lease(lease_end)?;
+        }
         let mut written = 0u64;
         let mut i = 0;
         while i < batch.len() {
@@ -135,9 +139,15 @@ impl Inner {
         self.meta
             .insert("evicted", &seq_key(self.counters.evicted.load(Relaxed)))?;
         self.db.flush()?;
+        if let Some(lease_end) = extend {
+            let mut st = lock(&self.write);
+            st.lease_end = st.lease_end.max(lease_end);
+        }
         // Durable is exactly what this commit wrote: the queue is contiguous and in seq
         // order, and nothing leaves it unwritten.
         let Some(&(covered, _, _)) = batch.last() else {
+            // A grown lease is room too (see `WriteState::fits`).
+            self.flow.room.notify_waiters();
             self.counters.flushed(0);
             return Ok(closed);
         };

@@ -35,6 +35,8 @@ pub(super) struct Counters {
     pending_bytes: AtomicU64,
     /// Most bytes the write queue has held.
     pending_peak: AtomicU64,
+    /// The seq floor file's value.
+    pub seq_floor: AtomicU64,
     flush_failing: AtomicBool,
     evict_log: Mutex<Option<(Instant, u64)>>,
 }
@@ -79,6 +81,10 @@ pub struct JournalStats {
     pub cursors: BTreeMap<String, u64>,
     /// Set when the journal found at start could not be opened and was moved aside.
     pub quarantine: Option<Quarantine>,
+    /// The seq floor file's value: at or above every seq issued (see `journal::floor`).
+    pub seq_floor: u64,
+    /// Writes have been failing for a while (a full disk, ...); frames wait in memory.
+    pub write_failing: bool,
 }
 
 impl Counters {
@@ -220,6 +226,8 @@ impl Counters {
             full: self.full.load(Relaxed),
             cursors,
             quarantine,
+            seq_floor: self.seq_floor.load(Relaxed),
+            write_failing: self.flush_failing(),
         }
     }
 }

@@ -397,3 +397,111 @@ fn a_stalled_disk_refuses_appends_past_the_seq_lease_instead_of_waiting_for_it()
     assert_eq!(*r.start(), last + 1);
     j.close().expect("close");
 }
+
+/// Append `n` frames and close; returns the last seq.
+fn fill_and_close(c: &JournalConfig, n: u64) -> u64 {
+    let j = Journal::open(c.clone()).expect("open");
+    let last = *j
+        .append_many((0..n).map(|i| frame(i, 5)).collect())
+        .expect("append")
+        .end();
+    j.close().expect("close");
+    last
+}
+
+#[test]
+fn a_deleted_journal_continues_above_the_floor() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = cfg(dir.path());
+    let last = fill_and_close(&c, 25);
+    assert_eq!(last, 25);
+    std::fs::remove_dir_all(&c.path).expect("rm -rf journal");
+    let j = Journal::open(c.clone()).expect("reopen");
+    assert_eq!(
+        j.stats().seq_floor,
+        SEQ_LEASE + 25,
+        "the floor covers the new lease"
+    );
+    assert_eq!(j.append(frame(0, 5)).expect("append"), 26, "no seq reused");
+    j.close().expect("close");
+}
+
+#[test]
+fn a_quarantined_journal_continues_above_the_floor() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = cfg(dir.path());
+    assert_eq!(fill_and_close(&c, 40), 40);
+    std::fs::write(c.path.join("conf"), b"\xff\x00not a sled config").expect("corrupt");
+    let j = Journal::open(c.clone()).expect("open quarantines");
+    assert!(j.stats().quarantine.is_some());
+    assert_eq!(j.append(frame(0, 5)).expect("append"), 41, "no seq reused");
+    j.close().expect("close");
+}
+
+#[test]
+fn lifting_the_floor_is_durable_and_never_lowers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = cfg(dir.path());
+    let j = Journal::open(c.clone()).expect("open");
+    assert_eq!(j.append(frame(0, 5)).expect("append"), 1);
+    assert!(j.lift_floor(5_000_000).expect("lift"));
+    assert!(!j.lift_floor(10).expect("below: no-op"));
+    assert_eq!(j.append(frame(1, 5)).expect("append"), 5_000_001);
+    assert!(j.stats().seq_floor >= 5_000_001);
+    // Lifted seqs survive the journal: the floor file outlives it.
+    j.close().expect("close");
+    drop(j);
+    std::fs::remove_dir_all(&c.path).expect("rm -rf journal");
+    let j = Journal::open(c.clone()).expect("reopen");
+    assert_eq!(j.append(frame(2, 5)).expect("append"), 5_000_002);
+    j.close().expect("close");
+}
+
+#[test]
+fn the_lease_reaches_the_floor_file_before_its_seqs_are_durable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = cfg(dir.path());
+    let j = Journal::open(c.clone()).expect("open");
+    let floor_file = || {
+        std::fs::read_to_string(dir.path().join("journal.seq"))
+            .expect("floor file")
+            .trim()
+            .parse::<u64>()
+            .expect("number")
+    };
+    // Well past the first lease, in bursts the flusher keeps extending.
+    for burst in 0..30u64 {
+        let r = j
+            .append_many((0..1_000).map(|i| frame(burst * 1_000 + i, 1)).collect())
+            .expect("append");
+        j.wait_durable_blocking(*r.end()).expect("durable");
+        assert!(
+            floor_file() >= j.durable_seq(),
+            "durable seq {} above the floor file",
+            j.durable_seq()
+        );
+    }
+    j.close().expect("close");
+    assert_eq!(
+        floor_file(),
+        30_000,
+        "a clean close records the exact last seq"
+    );
+}
+
+#[test]
+fn a_second_opener_is_stopped_by_the_lock_file_before_sled() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = cfg(dir.path());
+    let j = Journal::open(c.clone()).expect("open");
+    // Even a journal that would look corrupt to a second opener is not touched by it.
+    match Journal::open(c.clone()) {
+        Err(JournalError::Locked(p)) => assert_eq!(p, c.path),
+        Err(e) => panic!("expected Locked, got {e}"),
+        Ok(_) => panic!("second open must fail"),
+    }
+    assert!(dir.path().join("journal.lock").exists());
+    j.close().expect("close");
+    drop(j);
+    Journal::open(c).expect("free again once closed and dropped");
+}

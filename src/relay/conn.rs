@@ -119,6 +119,16 @@ pub enum Stuck {
     NotReading,
 }
 
+/// Frames sent to and dropped for every client of the gateway, connected now or gone: the
+/// Prometheus counters, which must never fall when a client leaves.
+#[derive(Debug, Default)]
+pub struct DeliveryTotals {
+    /// Frames written to client sockets.
+    pub sent: AtomicU64,
+    /// Frames dropped because their client lagged.
+    pub dropped: AtomicU64,
+}
+
 /// One client's socket and delivery state.
 pub struct Conn {
     io: OwnedWriteHalf,
@@ -130,11 +140,17 @@ pub struct Conn {
     /// Frames dropped because the client lagged.
     pub dropped: AtomicU64,
     latency: Arc<LatencyHistogram>,
+    totals: Arc<DeliveryTotals>,
 }
 
 impl Conn {
-    /// A connection writing to `io`, live with no filters.
-    pub fn new(io: OwnedWriteHalf, latency: Arc<LatencyHistogram>) -> Self {
+    /// A connection writing to `io`, live with no filters, counting its deliveries in
+    /// `latency` and `totals` too (shared by all clients).
+    pub fn new(
+        io: OwnedWriteHalf,
+        latency: Arc<LatencyHistogram>,
+        totals: Arc<DeliveryTotals>,
+    ) -> Self {
         Conn {
             io,
             state: Mutex::new(State {
@@ -157,6 +173,7 @@ impl Conn {
             sent: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             latency,
+            totals,
         }
     }
 
@@ -348,6 +365,7 @@ impl Conn {
         }
         if frames > 0 {
             self.sent.fetch_add(frames, Relaxed);
+            self.totals.sent.fetch_add(frames, Relaxed);
             self.latency.observe(Instant::now(), st.appended.drain(..));
         }
     }
@@ -390,6 +408,7 @@ impl Conn {
             return;
         }
         self.dropped.fetch_add(frames, Relaxed);
+        self.totals.dropped.fetch_add(frames, Relaxed);
         tracing::warn!(dropped = frames, "client lagged; dropped its oldest frames");
         let text = super::tmd(
             "lagged",
@@ -448,7 +467,7 @@ mod tests {
             .expect("connect");
         let (peer, _) = l.accept().await.expect("accept");
         let (_rd, wr) = ours.into_split();
-        let conn = Conn::new(wr, Arc::default());
+        let conn = Conn::new(wr, Arc::default(), Arc::default());
         conn.state().mode = Mode::Live;
         (peer, conn)
     }

@@ -3,7 +3,7 @@
 //! At start the live status is seeded from the newest stored records' routing fields and
 //! position members, without parsing whole payloads.
 
-use super::conn::{text_frame, Conn};
+use super::conn::{text_frame, Conn, DeliveryTotals};
 use super::latency::LatencyHistogram;
 use crate::frame::RecordView;
 use crate::journal::{Appended, Journal};
@@ -172,6 +172,8 @@ pub struct Hub {
     pub hub_lagged: AtomicU64,
     /// Journal append → client socket, per delivery.
     pub relay_latency: Arc<LatencyHistogram>,
+    /// Frames sent to / dropped for all clients in this run, departed ones included.
+    pub delivery: Arc<DeliveryTotals>,
 }
 
 /// Where commands for a device go: sources that can write to a device register here.
@@ -224,6 +226,7 @@ impl Hub {
             published: AtomicU64::new(0),
             hub_lagged: AtomicU64::new(0),
             relay_latency: Arc::default(),
+            delivery: Arc::default(),
         });
         let mut rx = journal.subscribe();
         let from = journal.last_seq().saturating_sub(SEED_FRAMES as u64) + 1;

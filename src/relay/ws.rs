@@ -100,9 +100,60 @@ struct Incoming {
 /// A command for a device.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Command {
-    device: String,
-    payload: Value,
+pub struct Command {
+    /// The device it is for.
+    pub device: String,
+    /// What to write to it.
+    #[serde(default)]
+    pub payload: Value,
+    /// A CAN frame to transmit (see `source::can::command`).
+    #[serde(default)]
+    pub can: Option<Value>,
+}
+
+/// A client message, parsed: the TMD envelope and the `data` its type expects.
+#[derive(Debug)]
+pub enum ClientMessage {
+    /// `ping`: answered by a `pong` carrying the same data.
+    Ping(Value),
+    /// `subscribe`: the new filters (and replay start).
+    Subscribe(Filters),
+    /// `unsubscribe`.
+    Unsubscribe,
+    /// `broadcast` (scope `publish`): data relayed to every client.
+    Broadcast(Value),
+    /// `command` (scope `control`): a payload for one device (a `can` frame checked and
+    /// moved into it).
+    Command(Command),
+}
+
+/// Parses one client text message; the error is the text of the `error` reply.
+pub fn parse_client_message(text: &str) -> Result<ClientMessage, String> {
+    let parsed: Incoming = serde_json::from_str(text).map_err(|e| format!("bad message: {e}"))?;
+    let _ = parsed.message;
+    match parsed.kind.as_str() {
+        "ping" => Ok(ClientMessage::Ping(parsed.data)),
+        "subscribe" => {
+            let data = if parsed.data.is_null() {
+                json!({})
+            } else {
+                parsed.data
+            };
+            serde_json::from_value(data)
+                .map(ClientMessage::Subscribe)
+                .map_err(|e| format!("bad subscribe: {e}"))
+        }
+        "unsubscribe" => Ok(ClientMessage::Unsubscribe),
+        "broadcast" => Ok(ClientMessage::Broadcast(parsed.data)),
+        "command" => {
+            let mut cmd: Command =
+                serde_json::from_value(parsed.data).map_err(|e| format!("bad command: {e}"))?;
+            cmd.payload = crate::source::can::command::routed_payload(cmd.payload, cmd.can.take())
+                .map_err(|e| format!("bad command: {e}"))?;
+            Ok(ClientMessage::Command(cmd))
+        }
+        other => Err(format!("unknown message type {other:?}")),
+    }
 }
 
 /// Why a session ended (for the log).
@@ -175,7 +226,11 @@ pub async fn run(io: TcpStream, read_buf: Bytes, ctx: SessionCtx, key: KeyInfo, 
     let name = info.name.clone();
     let addr = info.address;
     let (rd, wr) = io.into_split();
-    let conn = Arc::new(Conn::new(wr, Arc::clone(&ctx.hub.relay_latency)));
+    let conn = Arc::new(Conn::new(
+        wr,
+        Arc::clone(&ctx.hub.relay_latency),
+        Arc::clone(&ctx.hub.delivery),
+    ));
     // tungstenite zero-fills `read_buffer_size` bytes on every read attempt: 4 KiB, not its
     // 128 KiB default, keeps that cheap and small per client. Messages over MAX_MESSAGE are
     // read whole (up to READ_LIMIT) and refused with 1009, so the close is clean.
@@ -369,23 +424,13 @@ impl Session {
                     .await
             }
         };
-        let parsed: Incoming = match serde_json::from_str(&text) {
+        let parsed = match parse_client_message(&text) {
             Ok(m) => m,
-            Err(e) => return self.error(&format!("bad message: {e}")).await,
+            Err(e) => return self.error(&e).await,
         };
-        let _ = parsed.message;
-        match parsed.kind.as_str() {
-            "ping" => self.reply(tmd("pong", "pong", parsed.data)).await,
-            "subscribe" => {
-                let data = if parsed.data.is_null() {
-                    json!({})
-                } else {
-                    parsed.data
-                };
-                let filters: Filters = match serde_json::from_value(data) {
-                    Ok(f) => f,
-                    Err(e) => return self.error(&format!("bad subscribe: {e}")).await,
-                };
+        match parsed {
+            ClientMessage::Ping(data) => self.reply(tmd("pong", "pong", data)).await,
+            ClientMessage::Subscribe(filters) => {
                 let shown = serde_json::to_value(&filters).unwrap_or(Value::Null);
                 self.ctx
                     .hub
@@ -403,34 +448,29 @@ impl Session {
                 })
                 .await
             }
-            "unsubscribe" => {
+            ClientMessage::Unsubscribe => {
                 let reply = tmd("subscribed", "unsubscribed", json!({"active": false}));
                 self.reply_with(reply, |st| st.mode = Mode::Off).await
             }
-            "broadcast" => {
+            ClientMessage::Broadcast(data) => {
                 if !self.key.allows(Scope::Publish) {
                     return self.error("broadcast needs the publish scope").await;
                 }
                 let msg = tmd(
                     "broadcast",
                     "broadcast",
-                    json!({"from": self.key.name, "data": parsed.data}),
+                    json!({"from": self.key.name, "data": data}),
                 );
                 self.ctx.hub.broadcast(msg);
                 Ok(())
             }
-            "command" => {
+            ClientMessage::Command(cmd) => {
                 if !self.key.allows(Scope::Control) {
                     return self.error("command needs the control scope").await;
                 }
-                let cmd: Command = match serde_json::from_value(parsed.data) {
-                    Ok(c) => c,
-                    Err(e) => return self.error(&format!("bad command: {e}")).await,
-                };
                 let reply = self.command(cmd);
                 self.reply(reply).await
             }
-            other => self.error(&format!("unknown message type {other:?}")).await,
         }
     }
 

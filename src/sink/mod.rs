@@ -22,6 +22,12 @@ pub struct SinkState {
     /// Frames sent again in this run because the destination had lost them after
     /// acknowledging them (a server crash or rollback).
     pub resent: u64,
+    /// Frames whose `_id` the destination already held for a different frame (a reused
+    /// seq); each was journaled again under a fresh seq, never counted as delivered.
+    pub collisions: u64,
+    /// Frames not stored as plain documents in this run, by reason (`big_integer`,
+    /// `nul_in_key`, `too_large`, `refused`).
+    pub encode_fallbacks: BTreeMap<String, u64>,
     /// Last error, if any.
     pub last_error: Option<String>,
 }

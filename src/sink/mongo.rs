@@ -9,6 +9,9 @@
 //! alongside (see `registry`).
 
 mod client;
+mod collision;
+mod deliver;
+pub mod encode;
 mod frames;
 mod health;
 mod recheck;
@@ -141,13 +144,14 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let span = tracing::info_span!("mongo_sink", gateway = %gateway, database = %cfg.database);
-    run_inner(cfg, journal, slot, shutdown)
+    run_inner(cfg, &gateway, journal, slot, shutdown)
         .instrument(span)
         .await
 }
 
 async fn run_inner(
     cfg: MongoConfig,
+    gateway: &str,
     journal: Journal,
     slot: SinkSlot,
     shutdown: CancellationToken,
@@ -155,15 +159,17 @@ async fn run_inner(
     // Registering the cursor first makes retention wait for us even while offline.
     let cursor = journal.cursor("mongo");
     let health = Arc::new(Health::new(slot, journal.clone(), cursor.acked()));
-    let Some(client) = client::connect_until_ok(&cfg, &health, &shutdown).await else {
-        health.stopped();
-        return;
-    };
-    let db = client.database(&cfg.database);
     // Helpers stop with the gateway, or when the frame loop ends (journal closed).
     let stop = shutdown.child_token();
     let refresher =
         tokio::spawn(health::refresh_loop(Arc::clone(&health), stop.clone()).in_current_span());
+    let Some(client) = client::connect_until_ok(&cfg, &health, &shutdown).await else {
+        stop.cancel();
+        let _ = refresher.await;
+        health.stopped();
+        return;
+    };
+    let db = client.database(&cfg.database);
     let mirror = tokio::spawn(
         registry::mirror(
             db.clone(),
@@ -174,7 +180,7 @@ async fn run_inner(
         )
         .in_current_span(),
     );
-    frames::sync(&cfg, &db, &journal, &cursor, &health, &shutdown).await;
+    frames::sync(&cfg, gateway, &db, &journal, &cursor, &health, &shutdown).await;
     stop.cancel();
     let _ = mirror.await;
     let _ = refresher.await;

@@ -43,7 +43,7 @@ impl LogLimit {
 
     /// Whether an occurrence of `reason` may be logged now; if not, it is tallied for the
     /// next summary.
-    fn admit(&mut self, reason: &'static str) -> bool {
+    pub(crate) fn admit(&mut self, reason: &'static str) -> bool {
         if self.logged < LOG_FIRST {
             self.logged += 1;
             self.last = Some(Instant::now());
@@ -54,7 +54,7 @@ impl LogLimit {
     }
 
     /// The suppressed counts, if a summary is due (and resets them).
-    fn summary_due(&mut self) -> Option<BTreeMap<&'static str, u64>> {
+    pub(crate) fn summary_due(&mut self) -> Option<BTreeMap<&'static str, u64>> {
         let due = self.last.is_none_or(|t| t.elapsed() >= LOG_EVERY);
         if !due || self.suppressed.is_empty() {
             return None;

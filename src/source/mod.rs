@@ -3,6 +3,7 @@
 //! Each source is one task of (its config, the journal, a shutdown token, its status slot)
 //! that returns when shutdown fires. Sources never talk to sinks or the relay directly.
 
+pub mod can;
 pub mod elm327;
 pub mod events;
 pub mod framing;
@@ -53,6 +54,9 @@ pub struct SourcesConfig {
     /// Simulated vehicles.
     #[serde(default)]
     pub sim: Vec<sim::SimConfig>,
+    /// CAN buses.
+    #[serde(default)]
+    pub can: Vec<can::CanConfig>,
 }
 
 impl SourcesConfig {
@@ -71,6 +75,9 @@ impl SourcesConfig {
         for (i, s) in self.sim.iter().enumerate() {
             out.push((format!("sources.sim[{i}]"), s.name.clone()));
         }
+        for (i, s) in self.can.iter().enumerate() {
+            out.push((format!("sources.can[{i}]"), s.name.clone()));
+        }
         out
     }
 
@@ -85,6 +92,9 @@ impl SourcesConfig {
         for (i, s) in self.mqtt.iter().enumerate() {
             s.validate(&format!("sources.mqtt[{i}]"))?;
         }
+        for (i, s) in self.can.iter().enumerate() {
+            s.validate(&format!("sources.can[{i}]"))?;
+        }
         Ok(())
     }
 }
@@ -92,7 +102,7 @@ impl SourcesConfig {
 /// What a source is doing right now, as `/api/status` shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct SourceState {
-    /// Source kind: `serial`, `obd`, `mqtt`, `sim`.
+    /// Source kind: `serial`, `obd`, `mqtt`, `sim`, `can`.
     pub kind: &'static str,
     /// `starting`, `running`, `waiting` (device absent / broker down), `stopped`.
     pub state: String,
@@ -108,6 +118,9 @@ pub struct SourceState {
     /// Counters the source's broker publishes (MQTT `$SYS`, broker-wide), by name.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub broker: BTreeMap<&'static str, u64>,
+    /// Source-specific status (a CAN bus: decoded messages, top unknown ids, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<serde_json::Value>,
     /// When the source's loop last turned (see [`SourceSlot::beat`]).
     #[serde(skip)]
     pub last_beat: Instant,
@@ -148,6 +161,7 @@ impl SourceStates {
                 invalid_by_reason: BTreeMap::new(),
                 last_error: None,
                 broker: BTreeMap::new(),
+                detail: None,
                 last_beat: Instant::now(),
                 wedged_after: SOURCE_WEDGED_AFTER,
             },
@@ -221,6 +235,11 @@ impl SourceSlot {
             s.last_beat = Instant::now();
             s.frames += n;
         });
+    }
+
+    /// Replace the source-specific status shown in `/api/status`.
+    pub fn set_detail(&self, detail: serde_json::Value) {
+        self.update(|s| s.detail = Some(detail));
     }
 
     /// Count one rejected input.

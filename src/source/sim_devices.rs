@@ -103,6 +103,7 @@ pub fn wire_demo(sources: &mut SourcesConfig, dir: &Path) -> Result<(), ConfigEr
     sources
         .obd
         .push(toml::from_str::<ObdConfig>(&obd).map_err(bad)?);
+    crate::source::can::sim::wire_demo(sources, dir)?;
     Ok(())
 }
 
@@ -138,6 +139,15 @@ pub async fn run(cfg: SimConfig, ctx: SourceCtx) {
     let interval = Duration::from_millis(cfg.interval_ms.0);
     let mut vehicle = Vehicle::new(cfg.seed);
     let (tx, rx) = watch::channel(vehicle.step(0.0));
+    let can_stop = ctx.shutdown.child_token();
+    let can_adapter = cfg.can_link.clone().map(|link| {
+        tokio::spawn(crate::source::can::sim::serve(
+            link,
+            tx.subscribe(),
+            interval,
+            can_stop.clone(),
+        ))
+    });
     let adapter = answer_elm327(&obd, rx);
     tokio::pin!(adapter);
     let mut tick = tokio::time::interval(interval);
@@ -159,6 +169,10 @@ pub async fn run(cfg: SimConfig, ctx: SourceCtx) {
                 tx.send_replace(sample);
             }
         }
+    }
+    can_stop.cancel();
+    if let Some(task) = can_adapter {
+        let _ = task.await;
     }
     unpublish_link(&gps_link, &gps.path);
     unpublish_link(&obd_link, &obd.path);

@@ -2,11 +2,12 @@
 //! loopback port, with a temporary data directory.
 #![allow(dead_code)]
 
+pub mod can;
 pub mod mongo;
 pub mod mqtt;
 pub mod serial;
+pub mod sink;
 
-use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -113,16 +114,27 @@ impl Gateway {
         gw
     }
 
-    /// Block until /healthz answers (or panic after 20 s with the log).
+    /// Block until `GET /healthz` answers 200 (or panic after 20 s with the log).
     pub fn wait_ready(&self) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("rt");
+        let client = reqwest::Client::new();
         let t0 = Instant::now();
         while t0.elapsed() < Duration::from_secs(20) {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            let get = client
+                .get(self.url("/healthz"))
+                .timeout(Duration::from_secs(2));
+            if rt
+                .block_on(async { get.send().await })
+                .is_ok_and(|r| r.status() == 200)
+            {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("gateway did not listen; log:\n{}", self.log());
+        panic!("gateway did not answer /healthz; log:\n{}", self.log());
     }
 
     /// The gateway's stderr so far.
@@ -222,6 +234,24 @@ pub fn http_get(url: &str, key: Option<&str>) -> (u16, serde_json::Value) {
     })
 }
 
+/// Blocking GET with an API key returning (status, body text), e.g. for `/metrics`.
+pub fn http_text(url: &str, key: &str) -> (u16, String) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    rt.block_on(async {
+        let r = reqwest::Client::new()
+            .get(url)
+            .header("x-api-key", key)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+        (r.status().as_u16(), r.text().await.unwrap_or_default())
+    })
+}
+
 /// Run the binary to completion; returns (exit code, stdout, stderr).
 pub fn run_cli(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(bin())
@@ -233,27 +263,6 @@ pub fn run_cli(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
-}
-
-/// Spawn the binary with piped stdout, returning the child and a line reader.
-pub fn spawn_lines(args: &[&str]) -> (Child, BufReader<std::process::ChildStdout>) {
-    let mut child = Command::new(bin())
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn fieldgate");
-    let out = child.stdout.take().expect("stdout");
-    (child, BufReader::new(out))
-}
-
-/// Read the next line from a reader, without the newline.
-pub fn next_line(r: &mut impl BufRead) -> Option<String> {
-    let mut s = String::new();
-    match r.read_line(&mut s) {
-        Ok(0) | Err(_) => None,
-        Ok(_) => Some(s.trim_end().to_string()),
-    }
 }
 
 /// API keys of a [`keyed_gateway`], one per scope set.

@@ -5,7 +5,7 @@
 
 use super::health::Health;
 use super::MongoConfig;
-use mongodb::error::{Error, ErrorKind};
+use mongodb::error::{Error, ErrorKind, IndexedWriteError};
 use mongodb::options::ClientOptions;
 use mongodb::Client;
 use rand::Rng;
@@ -23,6 +23,14 @@ const BACKOFF_START: Duration = Duration::from_millis(200);
 
 /// The MongoDB duplicate-key error code.
 pub(super) const DUPLICATE_KEY: i32 = 11000;
+/// The server's "not authorized" code.
+pub(super) const UNAUTHORIZED: i32 = 13;
+
+/// Whether `e` is the server refusing a query as not authorized (a user allowed to insert
+/// but not to read).
+pub(super) fn unauthorized(e: &Error) -> bool {
+    matches!(&*e.kind, ErrorKind::Command(c) if c.code == UNAUTHORIZED)
+}
 
 /// Capped exponential backoff with jitter.
 pub(super) struct Backoff {
@@ -45,7 +53,7 @@ impl Backoff {
         let d = self.next;
         self.next = (d * 2).min(self.cap);
         let half = d / 2;
-        let jitter_ms = rand::thread_rng().gen_range(0..=half.as_millis() as u64);
+        let jitter_ms = rand::rng().random_range(0..=half.as_millis() as u64);
         half + Duration::from_millis(jitter_ms)
     }
 
@@ -98,15 +106,47 @@ pub(super) async fn connect_until_ok(
     }
 }
 
-/// Whether an `insert_many` error only says "these `_id`s are already there": every write
-/// error is a duplicate key and there is no write-concern error.
-pub(super) fn only_duplicates(e: &Error) -> Option<usize> {
+/// The per-document errors of an `insert_many` that otherwise went through: `None` when
+/// the error is anything else (a write-concern error, the network, a command error), i.e.
+/// when the server may not have every other document.
+pub(super) fn write_errors(e: &Error) -> Option<&[IndexedWriteError]> {
     match e.kind.as_ref() {
         ErrorKind::InsertMany(im) if im.write_concern_error.is_none() => {
             let errs = im.write_errors.as_deref().unwrap_or_default();
-            (!errs.is_empty() && errs.iter().all(|w| w.code == DUPLICATE_KEY)).then_some(errs.len())
+            (!errs.is_empty()).then_some(errs)
         }
         _ => None,
+    }
+}
+
+/// Run `op` until it succeeds: each failure marks the link offline and backs off. `None`
+/// on shutdown.
+pub(super) async fn until_ok<T, Fut>(
+    health: &Health,
+    backoff: &mut Backoff,
+    shutdown: &CancellationToken,
+    mut op: impl FnMut() -> Fut,
+) -> Option<T>
+where
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    loop {
+        let r = tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            r = op() => r,
+        };
+        match r {
+            Ok(v) => {
+                health.reachable();
+                return Some(v);
+            }
+            Err(e) => {
+                health.failed(&e);
+                if !sleep_or_stop(backoff.delay(), shutdown).await {
+                    return None;
+                }
+            }
+        }
     }
 }
 

@@ -5,40 +5,34 @@
 //! frame has a fixed `_id`, so a batch re-sent after a crash or a lost reply only meets
 //! duplicate-key errors.
 //! Only durable frames are sent, so MongoDB never holds a frame the journal could lose.
-//! At start and after every failure the acknowledged tail is re-checked first (`recheck`):
-//! what a crashed server lost after acknowledging it is sent again.
+//! At start and after every failure, before anything is sent, the journal's seq floor is
+//! lifted above what `frames` holds (`collision`) and the acknowledged tail is re-checked
+//! (`recheck`): what a crashed server lost after acknowledging it is sent again.
 
-use super::client::{describe, only_duplicates, sleep_or_stop, Backoff, OP_TIMEOUT};
+use super::client::{describe, sleep_or_stop, until_ok, Backoff, OP_TIMEOUT};
+use super::collision;
+use super::deliver::{Attempt, Target};
+use super::encode::{self, Encoded};
 use super::health::Health;
 use super::recheck::{self, Tail};
 use super::MongoConfig;
-use crate::frame::Frame;
 use crate::journal::{Cursor, Journal};
-use bson::{doc, Document};
+use crate::source::events::LogLimit;
+use bson::{doc, Document, RawDocumentBuf};
 use mongodb::{Collection, Database, IndexModel};
 use std::future::IntoFuture;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
-/// After shutdown, how long an in-flight `insert_many` may still finish.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-
 /// While writes work but index creation does not, how often to try it again.
 const INDEX_RETRY: Duration = Duration::from_secs(60);
-
-/// Result of one delivery attempt.
-enum Attempt {
-    /// The server has every document of the batch (`duplicates` were already there).
-    Delivered { duplicates: usize },
-    /// Retry later.
-    Failed(String),
-    /// Shutdown while in flight; the batch stays unacknowledged and is re-sent next run.
-    Abandoned,
-}
+/// After shutdown, how long journaling colliding frames again may still take.
+const REJOURNAL_GRACE: Duration = Duration::from_secs(5);
 
 /// Sync until shutdown or until the journal closes.
 pub(super) async fn sync(
     cfg: &MongoConfig,
+    gateway: &str,
     db: &Database,
     journal: &Journal,
     cursor: &Cursor,
@@ -46,6 +40,13 @@ pub(super) async fn sync(
     shutdown: &CancellationToken,
 ) {
     let coll = db.collection::<Document>("frames");
+    let raw = coll.clone_with_type::<RawDocumentBuf>();
+    let target = Target {
+        raw: &raw,
+        coll: &coll,
+        journal,
+    };
+    let mut collision_log = LogLimit::new();
     let batch_max = cfg.batch_max.0.clamp(1, 100_000) as usize;
     let batch_wait = Duration::from_millis(cfg.batch_ms.0);
     let mut backoff = Backoff::new(cfg.backoff_max.0);
@@ -59,6 +60,13 @@ pub(super) async fn sync(
     let mut ahead: Option<tokio::task::JoinHandle<Batch>> = None;
     loop {
         if recheck_due {
+            // Nothing is inserted before new seqs are above what `frames` holds.
+            let lifted = until_ok(health, &mut backoff, shutdown, || {
+                collision::lift(&coll, gateway, journal)
+            });
+            if lifted.await.is_none() {
+                return;
+            }
             let tail = Tail {
                 coll: &coll,
                 journal,
@@ -98,17 +106,18 @@ pub(super) async fn sync(
             let j = journal.clone();
             tokio::task::spawn_blocking(move || Batch::read(&j, last, batch_max))
         });
-        match insert(&coll, &batch.docs, shutdown).await {
-            Attempt::Delivered { duplicates } => {
-                if duplicates > 0 {
+        let outcome = match target.deliver(&batch.docs, shutdown).await {
+            Attempt::Delivered(outcome) => {
+                if outcome.duplicates > 0 {
                     tracing::debug!(
-                        duplicates,
+                        duplicates = outcome.duplicates,
                         first_seq = first,
                         last_seq = last,
                         "documents already in MongoDB (replayed batch)"
                     );
                 }
                 ahead = next;
+                outcome
             }
             Attempt::Abandoned => return,
             Attempt::Failed(e) => {
@@ -120,11 +129,26 @@ pub(super) async fn sync(
                 }
                 continue;
             }
+        };
+        if !outcome.collisions.is_empty() {
+            let collided = Collided {
+                seqs: &outcome.collisions,
+                gateway,
+                target: &target,
+                health,
+            };
+            if !collided
+                .settle(&mut collision_log, &mut backoff, shutdown)
+                .await
+            {
+                return;
+            }
         }
         backoff.reset();
         record(cursor, last);
         acked = last;
-        health.delivered(last, batch.docs.len() as u64);
+        health.encoded(&outcome.specials);
+        health.delivered(last, outcome.delivered);
         if !indexes_ok && Instant::now() >= index_retry {
             index_retry = Instant::now() + INDEX_RETRY;
             indexes_ok = ensure_indexes(&coll, health, shutdown).await;
@@ -140,11 +164,61 @@ pub(super) fn record(cursor: &Cursor, seq: u64) {
     }
 }
 
+/// Frames of a delivered batch whose `_id` holds a different frame.
+struct Collided<'a> {
+    seqs: &'a [u64],
+    gateway: &'a str,
+    target: &'a Target<'a>,
+    health: &'a Health,
+}
+
+impl Collided<'_> {
+    /// Lift the floor again (the other writer may have moved on) and journal the frames
+    /// under fresh seqs, durably, before the cursor passes their old ones. False on
+    /// shutdown or a closed journal (the cursor stays: they are compared again next time).
+    async fn settle(
+        &self,
+        log: &mut LogLimit,
+        backoff: &mut Backoff,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let (coll, journal) = (self.target.coll, self.target.journal);
+        let lifted = until_ok(self.health, backoff, shutdown, || {
+            collision::lift(coll, self.gateway, journal)
+        });
+        if lifted.await.is_none() {
+            return false;
+        }
+        // Normally done within the journal's flush window. On shutdown it may still finish
+        // (given up, it could leave the new copies durable and the cursor before the old
+        // ones: sent twice next run); a disk that stopped taking writes gets a bound.
+        let grace = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(REJOURNAL_GRACE).await;
+        };
+        let moved = tokio::select! {
+            _ = grace => return false,
+            r = collision::rejournal(journal, self.seqs) => r,
+        };
+        match moved {
+            Ok(moved) => {
+                self.health.collided(self.seqs.len() as u64);
+                collision::report(log, self.gateway, self.seqs, moved.as_ref());
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot journal colliding frames again");
+                false
+            }
+        }
+    }
+}
+
 /// Durable frames read from the journal, as documents.
 struct Batch {
     /// First and last seq; `None` when no frame above the read position is durable.
     seqs: Option<(u64, u64)>,
-    docs: Vec<Document>,
+    docs: Vec<Encoded>,
     /// The durable seq the frames were read under.
     durable: u64,
 }
@@ -160,7 +234,7 @@ impl Batch {
                 .first()
                 .zip(frames.last())
                 .map(|(a, b)| (a.seq, b.seq)),
-            docs: frames.iter().map(Frame::to_document).collect(),
+            docs: frames.iter().map(encode::encode).collect(),
             durable,
         }
     }
@@ -190,33 +264,6 @@ async fn next_batch(
     tokio::task::spawn_blocking(move || Batch::read(&j, acked, max))
         .await
         .ok()
-}
-
-/// One `insert_many` of the batch; in-flight writes get a short grace after shutdown.
-async fn insert(
-    coll: &Collection<Document>,
-    docs: &[Document],
-    shutdown: &CancellationToken,
-) -> Attempt {
-    let op = tokio::time::timeout(
-        OP_TIMEOUT,
-        coll.insert_many(docs).ordered(false).into_future(),
-    );
-    let grace = async {
-        shutdown.cancelled().await;
-        tokio::time::sleep(SHUTDOWN_GRACE).await;
-    };
-    tokio::select! {
-        r = op => match r {
-            Ok(Ok(_)) => Attempt::Delivered { duplicates: 0 },
-            Ok(Err(e)) => match only_duplicates(&e) {
-                Some(duplicates) => Attempt::Delivered { duplicates },
-                None => Attempt::Failed(describe(&e)),
-            },
-            Err(_) => Attempt::Failed(format!("insert_many timed out after {OP_TIMEOUT:?}")),
-        },
-        _ = grace => Attempt::Abandoned,
-    }
 }
 
 /// Create the query indexes of DESIGN.md §5; true when the server confirmed them. A failure

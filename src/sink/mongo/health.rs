@@ -2,7 +2,12 @@
 //!
 //! Going offline and coming back are each logged exactly once, whatever the number of
 //! failed attempts in between, so an outage of hours does not flood the log.
+//!
+//! The methods run on the async workers, so they touch only counters; the one figure that
+//! needs a journal read (the age of the oldest unacknowledged frame) is recomputed by
+//! [`refresh_loop`] on the blocking pool.
 
+use super::encode::Special;
 use crate::frame::now_ms;
 use crate::journal::Journal;
 use crate::sink::SinkSlot;
@@ -54,7 +59,7 @@ impl Health {
             s.state = Link::Starting.name().into();
             s.acked_seq = acked;
         });
-        h.refresh();
+        h.refresh_lag();
         h
     }
 
@@ -115,7 +120,24 @@ impl Health {
             s.delivered += n;
         });
         self.reachable();
-        self.refresh();
+        self.refresh_lag();
+    }
+
+    /// Frames of a delivered batch that were not stored as plain documents.
+    pub(super) fn encoded(&self, specials: &[Special]) {
+        if specials.is_empty() {
+            return;
+        }
+        self.slot.update(|s| {
+            for sp in specials {
+                *s.encode_fallbacks.entry(sp.label().into()).or_default() += 1;
+            }
+        });
+    }
+
+    /// `n` frames met a different frame under their `_id`.
+    pub(super) fn collided(&self, n: u64) {
+        self.slot.update(|s| s.collisions += n);
     }
 
     /// The cursor stepped over seqs that hold no frame (nothing was sent).
@@ -134,14 +156,14 @@ impl Health {
             s.acked_seq = seq;
             s.resent += resent;
         });
-        self.refresh();
+        self.refresh_lag();
     }
 
     /// The sink has ended.
     pub(super) fn stopped(&self) {
         self.set_link(Link::Stopped);
         self.slot.update(|s| s.state = Link::Stopped.name().into());
-        self.refresh();
+        self.refresh_lag();
     }
 
     fn behind(&self) -> u64 {
@@ -150,8 +172,20 @@ impl Health {
             .saturating_sub(self.acked.load(SeqCst))
     }
 
-    /// Recompute `lag` and `lag_seconds` from the journal.
-    pub(super) fn refresh(&self) {
+    /// Recompute `lag` from counters alone (no I/O: safe on the async workers); a sink that
+    /// caught up has no lag age either.
+    fn refresh_lag(&self) {
+        let lag = self.behind();
+        self.slot.update(|s| {
+            s.lag = lag;
+            if lag == 0 {
+                s.lag_seconds = 0.0;
+            }
+        });
+    }
+
+    /// Recompute `lag` and `lag_seconds` from the journal (blocking: a journal read).
+    fn refresh(&self) {
         let acked = self.acked.load(SeqCst);
         let lag = self.behind();
         let lag_seconds = if lag == 0 {

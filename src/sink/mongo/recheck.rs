@@ -8,13 +8,12 @@
 //! `{gateway, seq}`) and, if frames are missing, moves its cursor back to re-send them —
 //! what is still there only meets duplicate-key errors.
 
-use super::client::{describe, sleep_or_stop, Backoff, OP_TIMEOUT};
+use super::client::{describe, unauthorized, until_ok, Backoff, OP_TIMEOUT};
 use super::health::Health;
 use crate::frame::Frame;
 use crate::journal::{Cursor, Journal};
 use bson::{doc, Document};
 use futures_util::TryStreamExt;
-use mongodb::error::ErrorKind;
 use mongodb::Collection;
 use std::collections::HashSet;
 use tokio_util::sync::CancellationToken;
@@ -23,9 +22,6 @@ use tokio_util::sync::CancellationToken;
 const WINDOW_BATCHES: u64 = 20;
 /// …but never more than this many frames.
 const WINDOW_MAX: u64 = 50_000;
-
-/// The server's "not authorized" code.
-const UNAUTHORIZED: i32 = 13;
 
 /// What a re-check found.
 #[derive(Debug, PartialEq, Eq)]
@@ -75,9 +71,7 @@ async fn check(
     };
     let have = match tokio::time::timeout(OP_TIMEOUT, query).await {
         Ok(Ok(have)) => have,
-        Ok(Err(e)) if matches!(&*e.kind, ErrorKind::Command(c) if c.code == UNAUTHORIZED) => {
-            return Ok(Recheck::Refused(describe(&e)))
-        }
+        Ok(Err(e)) if unauthorized(&e) => return Ok(Recheck::Refused(describe(&e))),
         Ok(Err(e)) => return Err(describe(&e)),
         Err(_) => return Err(format!("re-checking frames timed out after {OP_TIMEOUT:?}")),
     };
@@ -125,47 +119,34 @@ impl Tail<'_> {
         let mut gateways: Vec<&str> = frames.iter().map(|f| f.gateway.as_str()).collect();
         gateways.sort_unstable();
         gateways.dedup();
-        loop {
-            let r = tokio::select! {
-                _ = shutdown.cancelled() => return None,
-                r = check(self.coll, &gateways, &seqs) => r,
-            };
-            let found = match r {
-                Ok(found) => found,
-                Err(e) => {
-                    self.health.failed(&e);
-                    if !sleep_or_stop(backoff.delay(), shutdown).await {
-                        return None;
-                    }
-                    continue;
-                }
-            };
-            self.health.reachable();
-            return Some(match found {
-                Recheck::Complete => acked,
-                Recheck::Missing { first, count } => {
-                    tracing::warn!(
-                        first_seq = first,
-                        missing = count,
-                        acked_seq = acked,
-                        "MongoDB no longer has frames it acknowledged (a server crash or \
+        let found = until_ok(self.health, backoff, shutdown, || {
+            check(self.coll, &gateways, &seqs)
+        })
+        .await?;
+        Some(match found {
+            Recheck::Complete => acked,
+            Recheck::Missing { first, count } => {
+                tracing::warn!(
+                    first_seq = first,
+                    missing = count,
+                    acked_seq = acked,
+                    "MongoDB no longer has frames it acknowledged (a server crash or \
                          rollback); sending them again"
-                    );
-                    let to = first - 1;
-                    super::frames::record(self.cursor, to);
-                    self.health.rewound_to(to, count as u64);
-                    to
-                }
-                Recheck::Refused(e) => {
-                    tracing::warn!(
-                        error = %e,
-                        "cannot re-check acknowledged frames (the server refused the query); \
-                         continuing without"
-                    );
-                    acked
-                }
-            });
-        }
+                );
+                let to = first - 1;
+                super::frames::record(self.cursor, to);
+                self.health.rewound_to(to, count as u64);
+                to
+            }
+            Recheck::Refused(e) => {
+                tracing::warn!(
+                    error = %e,
+                    "cannot re-check acknowledged frames (the server refused the query); \
+                     continuing without"
+                );
+                acked
+            }
+        })
     }
 }
 
