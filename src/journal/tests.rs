@@ -211,6 +211,36 @@ fn a_locked_journal_is_reported_not_quarantined() {
     j.close().expect("close");
 }
 
+/// Commits stalled from another thread (holding the `stall` hook) until released.
+struct Stalled {
+    release: std::sync::mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Stalled {
+    /// Stall `j`'s commits; returns once the hook is held.
+    fn hold(j: &Journal) -> Stalled {
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let (held, holding) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn({
+            let j = j.clone();
+            move || {
+                let _stalled = j.stall();
+                let _ = held.send(());
+                let _ = released.recv();
+            }
+        });
+        holding.recv().expect("stall hook held");
+        Stalled { release, thread }
+    }
+
+    /// Let commits run again.
+    fn release(self) {
+        let _ = self.release.send(());
+        self.thread.join().expect("staller");
+    }
+}
+
 #[tokio::test]
 async fn a_full_write_queue_refuses_appends_and_nothing_unwritten_is_durable() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -221,17 +251,7 @@ async fn a_full_write_queue_refuses_appends_and_nothing_unwritten_is_durable() {
     j.wait_durable(first).await.expect("durable");
     // The disk stops answering: commits stall (a thread holds the hook), appends queue up
     // to the bound.
-    let (release, released) = std::sync::mpsc::channel::<()>();
-    let (held, holding) = std::sync::mpsc::channel::<()>();
-    let staller = std::thread::spawn({
-        let j = j.clone();
-        move || {
-            let _stalled = j.stall();
-            let _ = held.send(());
-            let _ = released.recv();
-        }
-    });
-    holding.recv().expect("stall hook held");
+    let stalled = Stalled::hold(&j);
     let mut last = first;
     let mut refused = loop {
         let mut batch: Vec<Frame> = (0..4).map(|n| frame(last + n, 1000)).collect();
@@ -267,8 +287,7 @@ async fn a_full_write_queue_refuses_appends_and_nothing_unwritten_is_durable() {
         let j = j.clone();
         async move { j.wait_room(4, refused.1).await }
     });
-    let _ = release.send(());
-    staller.join().expect("staller");
+    stalled.release();
     tokio::time::timeout(Duration::from_secs(5), room)
         .await
         .expect("room once the disk answers")
@@ -365,17 +384,7 @@ fn a_stalled_disk_refuses_appends_past_the_seq_lease_instead_of_waiting_for_it()
     let mut c = cfg(dir.path());
     c.pending_max_bytes = ByteSize(1 << 30);
     let j = Journal::open(c).expect("open");
-    let (release, released) = std::sync::mpsc::channel::<()>();
-    let (held, holding) = std::sync::mpsc::channel::<()>();
-    let staller = std::thread::spawn({
-        let j = j.clone();
-        move || {
-            let _stalled = j.stall();
-            let _ = held.send(());
-            let _ = released.recv();
-        }
-    });
-    holding.recv().expect("stall hook held");
+    let stalled = Stalled::hold(&j);
     let mut last = 0;
     let refused = loop {
         let mut batch: Vec<Frame> = (0..500).map(|n| frame(last + n, 5)).collect();
@@ -388,8 +397,7 @@ fn a_stalled_disk_refuses_appends_past_the_seq_lease_instead_of_waiting_for_it()
     };
     assert_eq!(refused, 500);
     assert!(last >= SEQ_LEASE / 2, "the lease ran out early, at {last}");
-    let _ = release.send(());
-    staller.join().expect("staller");
+    stalled.release();
     j.wait_durable_blocking(last).expect("durable");
     let r = j
         .append_many((0..500).map(|n| frame(n, 5)).collect())
