@@ -244,6 +244,15 @@ impl Gateway {
         })
     }
 
+    /// `durable_seq` from `/readyz`, which needs no key (a quarantined journal takes the
+    /// API keys stored in it along).
+    pub fn durable_seq(&self) -> anyhow::Result<u64> {
+        match self.get("/readyz")? {
+            (_, v) if v.get("durable_seq").is_some() => Ok(num(&v, "durable_seq")),
+            (code, v) => bail!("/readyz answered {code}: {v}"),
+        }
+    }
+
     /// `/api/status` (an error unless it answers 200).
     pub fn status(&self) -> anyhow::Result<Value> {
         match self.get("/api/status")? {

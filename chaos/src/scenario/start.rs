@@ -4,12 +4,16 @@
 //! owned by another user (root's, with fieldgate run as `nobody` via `setpriv`) is refused:
 //! the process exits non-zero naming the path, and not one byte under the journal's parent
 //! changes.
+//!
+//! The API keys live in the journal, so a quarantine takes them along: the fresh journal is
+//! watched through `/readyz` (no key) and the files, and a new key is added afterwards.
 
 use super::Profile;
 use crate::check;
-use crate::gateway::{num, Gateway, Spec};
+use crate::gateway::{Gateway, Spec};
 use crate::report::Outcome;
 use crate::rig::{listing, until, Ctx};
+use anyhow::Context;
 use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -20,14 +24,34 @@ use std::time::Duration;
 /// highest seq issued (the journal, opened after the clean stop, continues right after it).
 fn fill(ctx: &Ctx, gw: &mut Gateway, journal: &Path, n: u64) -> anyhow::Result<u64> {
     gw.start(ctx)?;
-    let from = num(&gw.status()?, "journal/durable_seq");
-    gw.status_until(Duration::from_secs(60), "frames to become durable", |s| {
-        num(s, "journal/durable_seq") >= from + n
+    let from = gw.durable_seq()?;
+    until(Duration::from_secs(60), "frames to become durable", || {
+        Ok((gw.durable_seq()? >= from + n).then_some(()))
     })?;
     let exit = gw.stop(ctx)?;
     anyhow::ensure!(exit.success(), "the gateway did not stop cleanly: {exit}");
     let (_, next) = check::read_journal(journal, u64::MAX)?;
     Ok(next - 1)
+}
+
+/// The quarantined copies of `journal` beside it (`journal.corrupt-*`).
+fn quarantines(journal: &Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    let prefix = format!(
+        "{}.corrupt-",
+        journal
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default()
+    );
+    let parent = journal.parent().unwrap_or(Path::new("."));
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(parent)? {
+        let e = e?;
+        if e.file_name().to_string_lossy().starts_with(&prefix) {
+            out.push(e.path());
+        }
+    }
+    Ok(out)
 }
 
 /// The damage done to a journal before a start.
@@ -59,27 +83,35 @@ pub fn run(ctx: &Ctx, _p: &Profile, out: &mut Outcome) -> anyhow::Result<()> {
     let mut quarantined = 0;
     for (name, damage) in damages {
         damage(&journal)?;
+        let before = quarantines(&journal)?;
         gw.start(ctx)?;
-        let s = gw.status_until(Duration::from_secs(30), "new frames", |s| {
-            num(s, "journal/durable_seq") > 0 && num(s, "journal/frames") > 0
-        })?;
-        let q = &s["journal"]["quarantine"];
-        let moved = q["moved_to"].as_str().unwrap_or("");
-        if out.check(
-            !moved.is_empty() && Path::new(moved).join("db").exists(),
-            || format!("damage {name}: the journal was not quarantined ({q})"),
-        ) {
-            quarantined += 1;
-        }
-        let first = num(&s, "journal/first_seq");
-        out.check(first > issued, || {
-            format!("damage {name}: the fresh journal started at seq {first}, not above the {issued} issued before")
-        });
-        out.figure(&format!("{name}_first_seq"), first);
+        until(Duration::from_secs(30), "new durable frames", || {
+            Ok((gw.durable_seq()? > issued + 50).then_some(()))
+        })
+        .with_context(|| format!("damage {name}: log {}", gw.log.display()))?;
         let exit = gw.stop(ctx)?;
         out.check(exit.success(), || {
             format!("damage {name}: no clean stop: {exit}")
         });
+        let moved: Vec<_> = quarantines(&journal)?
+            .into_iter()
+            .filter(|q| !before.contains(q))
+            .collect();
+        let logged = gw
+            .log_text()
+            .contains("quarantined it and started a fresh one");
+        if out.check(
+            moved.len() == 1 && moved[0].join("db").exists() && logged,
+            || format!("damage {name}: the journal was not quarantined (moved: {moved:?}, logged: {logged})"),
+        ) {
+            quarantined += 1;
+        }
+        let (frames, _) = check::read_journal(&journal, 1)?;
+        let first = frames.iter().map(|f| f.seq).min().unwrap_or(0);
+        out.check(first > issued, || {
+            format!("damage {name}: the fresh journal started at seq {first}, not above the {issued} issued before")
+        });
+        out.figure(&format!("{name}_first_seq"), first);
         issued = fill(ctx, &mut gw, &journal, 200)?.max(issued);
     }
     out.figure("quarantined", format!("{quarantined}/2"));
