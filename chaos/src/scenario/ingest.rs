@@ -13,6 +13,7 @@ use crate::ws;
 use fieldgate::source::nmea::with_checksum;
 use fieldgate::source::sim_devices::{publish_link, Pty};
 use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -83,6 +84,14 @@ impl Gps {
     fn replug(&mut self) -> anyhow::Result<()> {
         let pty = Pty::open()?;
         pty.set_nonblocking()?;
+        // openpty(3) leaves both ends inheritable: a gateway or broker started later would
+        // hold them open, and closing ours would then unplug nothing.
+        for fd in [pty.master.as_raw_fd(), pty.slave.as_raw_fd()] {
+            // SAFETY: fcntl(2) F_SETFD on descriptors this struct owns.
+            if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } != 0 {
+                return Err(std::io::Error::last_os_error().into());
+            }
+        }
         publish_link(&self.link, &pty.path)?;
         *locked(&self.master) = Some(std::fs::File::from(pty.master));
         self.slave = Some(pty.slave);
