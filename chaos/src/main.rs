@@ -69,7 +69,11 @@ fn real_main(cli: Cli) -> anyhow::Result<bool> {
     let all = scenario::all();
     if cli.list {
         for s in &all {
-            println!("{:<16} {}", s.name, s.what);
+            let known = s
+                .known
+                .map(|k| format!(" [known failure: {k}]"))
+                .unwrap_or_default();
+            println!("{:<16} {}{known}", s.name, s.what);
         }
         return Ok(true);
     }
@@ -119,10 +123,12 @@ fn real_main(cli: Cli) -> anyhow::Result<bool> {
         work.display()
     );
     let t0 = Instant::now();
-    let mut passed = 0;
+    let (mut passed, mut known) = (0, Vec::new());
     for s in &chosen {
         if run_one(&env, &profile, s) {
             passed += 1;
+        } else if let Some(why) = s.known {
+            known.push(format!("{} ({why})", s.name));
         }
     }
     println!(
@@ -131,7 +137,10 @@ fn real_main(cli: Cli) -> anyhow::Result<bool> {
         t0.elapsed().as_secs_f64(),
         profile.name
     );
-    let ok = passed == chosen.len();
+    for k in &known {
+        println!("fieldgate-chaos: KNOWN FAILURE, not failing the run: {k}");
+    }
+    let ok = passed + known.len() == chosen.len();
     if ok && scratch {
         let _ = std::fs::remove_dir_all(&work);
     } else {
@@ -185,6 +194,11 @@ fn run_one(env: &Env, profile: &Profile, s: &Scenario) -> bool {
             }
         },
     };
-    println!("{line}");
-    line.starts_with(&format!("{}: PASS", s.name))
+    let pass = line.starts_with(&format!("{}: PASS", s.name));
+    match s.known {
+        Some(why) if !pass => println!("{line} known_failure={why:?}"),
+        Some(why) => println!("{line} (marked as a known failure: {why:?}; the mark can go)"),
+        None => println!("{line}"),
+    }
+    pass
 }
