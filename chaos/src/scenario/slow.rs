@@ -21,6 +21,11 @@ use std::time::{Duration, Instant};
 const RATE: u64 = 500;
 const READERS: usize = 180;
 const STALLED: usize = 20;
+/// Padding per message, bytes: the kernel's send buffer towards a stalled client grows to
+/// 4 MiB (`tcp_wmem`'s default maximum) before the gateway's own per-client queue starts
+/// to fill; at ~1.2 KiB a frame a stalled client goes through both and the three lag
+/// events that close it within about 12 s of load.
+const PAD: usize = 1_000;
 /// SO_RCVBUF of the stalled clients.
 const RCVBUF: u32 = 4096;
 /// Allowed degradation.
@@ -69,7 +74,7 @@ fn phase(
         Vec::new()
     };
     let log_from = gw.log_text().len();
-    let load = Load::start(broker.port, RATE, 150)?;
+    let load = Load::start(broker.port, RATE, PAD)?;
     std::thread::sleep(Duration::from_secs(1));
     let (f0, t0) = (num(&gw.status()?, "sources/broker/frames"), Instant::now());
     std::thread::sleep(secs);
