@@ -40,8 +40,9 @@ pub fn run(ctx: &Ctx, p: &Profile, out: &mut Outcome) -> anyhow::Result<()> {
     sh(Command::new("sync").arg("-f").arg(&journal))?;
     stack.start_subscribed(ctx, &mut gw)?;
     let load = stack.load(RATE)?;
-    let (mut lost_durable, mut lost_acked, mut reused, mut unsynced_lost) =
-        (0u64, 0u64, 0u64, 0u64);
+    let (mut lost_durable, mut reused, mut unsynced_lost) = (0u64, 0u64, 0u64);
+    // Acknowledged messages missing from a disk after a cut (each counted once).
+    let mut lost_acked: HashSet<u64> = HashSet::new();
     let (mut issued_before, mut canaries_kept) = (0u64, 0u32);
     for cut in 0..p.power_cuts {
         let seen = ctx.rt.block_on(ws::watch(gw.port, &gw.key))?;
@@ -102,7 +103,7 @@ pub fn run(ctx: &Ctx, p: &Profile, out: &mut Outcome) -> anyhow::Result<()> {
             ));
         }
         lost_durable += gone_durable;
-        lost_acked += gone_acked;
+        lost_acked.extend(acked.iter().filter(|n| !copies.contains_key(n)));
         unsynced_lost += gone_unsynced;
         issued_before = issued_before.max(live.iter().copied().max().unwrap_or(0));
         eprintln!(
@@ -120,7 +121,7 @@ pub fn run(ctx: &Ctx, p: &Profile, out: &mut Outcome) -> anyhow::Result<()> {
     });
     out.figure("cuts", p.power_cuts);
     out.figure("lost_durable", lost_durable);
-    out.figure("lost_acked", lost_acked);
+    out.figure("lost_acked", lost_acked.len());
     out.figure("seq_reused", reused);
     out.figure("not_durable_lost", unsynced_lost);
     out.figure(
