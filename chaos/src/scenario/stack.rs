@@ -126,7 +126,13 @@ pub fn verify(
     out.figure("acked", published.acked_count());
     out.figure("gateway_acked", fg_acked.len());
     out.figure("journaled", frames.len());
-    out.figure("lost", lost + fg_lost);
+    let lost_any = published
+        .acked_ns()
+        .chain(fg_acked.iter().copied())
+        .filter(|n| !copies.contains_key(n))
+        .collect::<std::collections::HashSet<u64>>()
+        .len();
+    out.figure("lost", lost_any);
     out.figure("duplicates", dups);
     out.check(published.in_order, || {
         "the broker acknowledged out of order: the acked ranges are not exact".into()
