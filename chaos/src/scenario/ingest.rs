@@ -139,7 +139,13 @@ pub fn run(ctx: &Ctx, p: &Profile, out: &mut Outcome) -> anyhow::Result<()> {
         std::thread::sleep(
             ctx.random_between(Duration::from_millis(1_000), Duration::from_millis(3_000)),
         );
-        let down = ctx.random_between(Duration::from_millis(500), Duration::from_millis(8_000));
+        // The first outage is long: past 7.75 s a reconnect backoff doubling from 250 ms
+        // without a low cap waits more than 5 s more (with a 10 s cap: 17.75 s).
+        let down = if k == 0 {
+            Duration::from_secs(8)
+        } else {
+            ctx.random_between(Duration::from_millis(500), Duration::from_millis(8_000))
+        };
         stack.broker.stop();
         std::thread::sleep(down);
         stack.broker.resume()?;
