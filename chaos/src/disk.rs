@@ -65,7 +65,7 @@ impl Mount {
             at: at.to_path_buf(),
             device,
             undo,
-            ctx_undo: Box::new(move |id| guard(id)),
+            ctx_undo: Box::new(guard),
         }
     }
 

@@ -194,9 +194,12 @@ pub fn run(cmd: &mut Command) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// One entry of [`listing`]: (relative path, mode, uid, content of a file).
+pub type Entry = (PathBuf, u32, u32, Vec<u8>);
+
 /// Everything under `dir`: (relative path, mode, uid, content of files), sorted; for
 /// proving a refused start left a journal untouched.
-pub fn listing(dir: &Path) -> anyhow::Result<Vec<(PathBuf, u32, u32, Vec<u8>)>> {
+pub fn listing(dir: &Path) -> anyhow::Result<Vec<Entry>> {
     use std::os::unix::fs::MetadataExt;
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];

@@ -90,7 +90,7 @@ pub fn run(ctx: &Ctx, p: &Profile, out: &mut Outcome) -> anyhow::Result<()> {
             // The way out left to an operator: restart the service. What the broker holds
             // for the gateway's session must still arrive, nothing acknowledged lost.
             let exit = gw.stop(ctx)?;
-            out.figure("exit_while_failed", exit.code().map_or(-1, |c| c));
+            out.figure("exit_while_failed", exit.code().unwrap_or(-1));
             stack.start_subscribed(ctx, &mut gw)?;
             out.secs("resumed_after_restart", freed.elapsed().as_secs_f64());
         }

@@ -6,7 +6,7 @@
 //! missing, redelivered duplicates are counted, and MongoDB holds exactly the journal —
 //! a reused seq would show as a document with another frame's content hash.
 
-use super::stack::{verify, Stack};
+use super::stack::{no_collisions, verify, Stack};
 use super::Profile;
 use crate::check;
 use crate::gateway::{num, Gateway};
@@ -103,12 +103,6 @@ pub fn run(ctx: &Ctx, p: &Profile, out: &mut Outcome) -> anyhow::Result<()> {
     );
     out.figure("lost_at_kill", lost.len());
     out.figure("seq_reused", reused);
-    out.figure("collisions", collisions);
-    out.check(collisions == 0, || {
-        format!("{collisions} _id collisions reported")
-    });
-    if let Some(m) = &stack.mongo {
-        m.drop_db(&stack.db);
-    }
+    no_collisions(&stack, collisions, out);
     Ok(())
 }

@@ -4,7 +4,7 @@
 //! messages are in the order sent, and the time until the sync lag is back under 1 s is
 //! reported.
 
-use super::stack::{verify, Stack};
+use super::stack::{no_collisions, verify, Stack};
 use super::Profile;
 use crate::gateway::{float, num, Gateway};
 use crate::report::Outcome;
@@ -162,12 +162,6 @@ fn finish(
         format!("the gateway did not stop cleanly: {exit}")
     });
     verify(stack, id, &ctx.path("journal"), &published, true, out)?;
-    out.figure("collisions", collisions);
-    out.check(collisions == 0, || {
-        format!("{collisions} _id collisions reported")
-    });
-    if let Some(m) = &stack.mongo {
-        m.drop_db(&stack.db);
-    }
+    no_collisions(stack, collisions, out);
     Ok(())
 }

@@ -168,3 +168,15 @@ pub fn verify(
     }
     Ok(frames)
 }
+
+/// The last check of a MongoDB scenario: no `_id` collision reported (the most any run
+/// reported), then drop the scenario's database.
+pub fn no_collisions(stack: &Stack, collisions: u64, out: &mut Outcome) {
+    out.figure("collisions", collisions);
+    out.check(collisions == 0, || {
+        format!("{collisions} _id collisions reported")
+    });
+    if let Some(m) = &stack.mongo {
+        m.drop_db(&stack.db);
+    }
+}
