@@ -1,15 +1,23 @@
 //! API keys: stored hashed (SHA-256) in the journal's `keys` tree, checked in constant time.
 //!
 //! A key is shown once, when created (`fg_` + 32 random bytes, hex). Only its hash and its
-//! metadata (name, scopes, creation time) are stored; nothing here ever logs a key.
+//! metadata (name, scopes, creation time) are stored; nothing here ever logs a key. Keys
+//! given from outside (demo's `--api-key`) must pass [`check_key`]: an empty or short key
+//! would be a guessable password with every scope.
+//!
+//! [`Throttle`] counts wrong keys per address, in a bounded table.
 
+use lru::LruCache;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeSet;
 use std::fmt;
+use std::net::{IpAddr, Ipv6Addr};
+use std::num::NonZeroUsize;
 use std::str::FromStr;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
 
 /// What a key may do.
@@ -98,6 +106,9 @@ pub enum AuthError {
     /// No key matches the given id or name.
     #[error("no key named or with id {0:?}")]
     NotFound(String),
+    /// A key that is too short or has characters keys may not have.
+    #[error("API key refused: {0}")]
+    Weak(&'static str),
     /// A stored key already has this name.
     #[error(
         "a key named {name:?} exists already (id {id}); revoke it first or choose another name"
@@ -108,6 +119,33 @@ pub enum AuthError {
         /// The existing key's id.
         id: String,
     },
+}
+
+/// Fewest characters an API key may have.
+pub const MIN_KEY_LEN: usize = 16;
+/// Most characters an API key may have.
+pub const MAX_KEY_LEN: usize = 256;
+
+/// Whether `key` may be an API key: 16-256 characters of `A-Z a-z 0-9 . _ ~ -` (they
+/// travel in headers and in `?api_key=` unencoded).
+pub fn check_key(key: &str) -> Result<(), AuthError> {
+    if key.len() < MIN_KEY_LEN {
+        return Err(AuthError::Weak(
+            "a key needs at least 16 characters (fieldgate keys are fg_ + 64 hex digits)",
+        ));
+    }
+    if key.len() > MAX_KEY_LEN {
+        return Err(AuthError::Weak("a key has at most 256 characters"));
+    }
+    if !key
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'~' | b'-'))
+    {
+        return Err(AuthError::Weak(
+            "a key may only have the characters A-Z a-z 0-9 . _ ~ -",
+        ));
+    }
+    Ok(())
 }
 
 fn hash(key: &str) -> [u8; 32] {
@@ -152,8 +190,9 @@ impl KeyStore {
         }
     }
 
-    /// Add a key that lives only in memory for this run.
-    pub fn add_ephemeral(&self, key: &str, name: &str, scopes: &[Scope]) {
+    /// Add a key that lives only in memory for this run (refused if [`check_key`] fails).
+    pub fn add_ephemeral(&self, key: &str, name: &str, scopes: &[Scope]) -> Result<(), AuthError> {
+        check_key(key)?;
         let h = hash(key);
         let info = KeyInfo {
             name: name.into(),
@@ -163,6 +202,7 @@ impl KeyStore {
             last_used_ms: None,
         };
         crate::sync::write(&self.ephemeral).push((h, info));
+        Ok(())
     }
 
     /// Create and store a key; returns the key (shown once) and its info. A name already
@@ -175,6 +215,7 @@ impl KeyStore {
             });
         }
         let key = generate_key();
+        check_key(&key)?;
         let h = hash(&key);
         let info = KeyInfo {
             name: name.into(),
@@ -294,50 +335,84 @@ impl KeyStore {
     }
 }
 
-/// Failed attempts from one address within [`THROTTLE_WINDOW`] before it is refused.
+/// Wrong keys from one address within [`THROTTLE_WINDOW`] before its wrong keys get 429.
 pub const THROTTLE_LIMIT: u32 = 10;
 /// The window over which failures are counted.
-pub const THROTTLE_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+pub const THROTTLE_WINDOW: Duration = Duration::from_secs(60);
+/// Addresses the throttle remembers; the least recently failing are forgotten first.
+pub const THROTTLE_ADDRESSES: usize = 4096;
 
-/// Per-address throttling of repeated authentication failures.
-#[derive(Clone, Default)]
-pub struct Throttle(Arc<std::sync::Mutex<Failures>>);
+/// The address a client is counted under: IPv4 as is, IPv6 by its /64 (one host is given a
+/// whole /64, so single IPv6 addresses are free to change).
+pub fn address_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
+        },
+        v4 => v4,
+    }
+}
 
-/// Failure count and window start per address.
-type Failures = std::collections::HashMap<std::net::IpAddr, (u32, std::time::Instant)>;
+/// Failures of one address in its current window.
+#[derive(Debug, Clone, Copy)]
+struct Failures {
+    count: u32,
+    since: Instant,
+}
+
+/// Per-address counts of presented, non-empty wrong keys, in a bounded LRU table. A valid
+/// key is never refused because of it (see `api::Auth`): with 256-bit keys guessing is not
+/// the threat, a client hammering wrong keys is, and the throttle answers it with 429
+/// instead of work and log lines.
+#[derive(Clone)]
+pub struct Throttle(Arc<Mutex<LruCache<IpAddr, Failures>>>);
+
+impl Default for Throttle {
+    fn default() -> Self {
+        Throttle::new(THROTTLE_ADDRESSES)
+    }
+}
 
 impl Throttle {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Failures> {
+    /// A throttle remembering at most `addresses` addresses.
+    pub fn new(addresses: usize) -> Self {
+        let cap = NonZeroUsize::new(addresses).unwrap_or(NonZeroUsize::MIN);
+        Throttle(Arc::new(Mutex::new(LruCache::new(cap))))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, LruCache<IpAddr, Failures>> {
         crate::sync::lock(&self.0)
     }
 
-    /// Whether `ip` is currently refused; returns the seconds until it may retry.
-    pub fn blocked(&self, ip: std::net::IpAddr) -> Option<u64> {
+    /// Whether wrong keys from `ip` are refused now; returns the seconds until that ends.
+    pub fn blocked(&self, ip: IpAddr) -> Option<u64> {
         let map = self.lock();
-        let (n, since) = map.get(&ip)?;
-        let left = THROTTLE_WINDOW.checked_sub(since.elapsed())?;
-        (*n >= THROTTLE_LIMIT).then(|| left.as_secs() + 1)
+        let f = map.peek(&address_key(ip))?;
+        let left = THROTTLE_WINDOW.checked_sub(f.since.elapsed())?;
+        (f.count >= THROTTLE_LIMIT).then(|| left.as_secs() + 1)
     }
 
-    /// Record a failure from `ip`; returns the failure count in the current window.
-    pub fn fail(&self, ip: std::net::IpAddr) -> u32 {
+    /// Record a wrong key from `ip`; returns the failure count in the current window.
+    pub fn fail(&self, ip: IpAddr) -> u32 {
         let mut map = self.lock();
-        if map.len() > 10_000 {
-            map.retain(|_, (_, t)| t.elapsed() < THROTTLE_WINDOW);
+        let fresh = Failures {
+            count: 0,
+            since: Instant::now(),
+        };
+        let f = map.get_or_insert_mut(address_key(ip), || fresh);
+        if f.since.elapsed() >= THROTTLE_WINDOW {
+            *f = fresh;
         }
-        let e = map.entry(ip).or_insert((0, std::time::Instant::now()));
-        if e.1.elapsed() >= THROTTLE_WINDOW {
-            *e = (0, std::time::Instant::now());
-        }
-        e.0 += 1;
-        e.0
+        f.count += 1;
+        f.count
     }
 
-    /// Total addresses currently refused.
+    /// Addresses currently refused.
     pub fn blocked_count(&self) -> usize {
         self.lock()
-            .values()
-            .filter(|(n, t)| *n >= THROTTLE_LIMIT && t.elapsed() < THROTTLE_WINDOW)
+            .iter()
+            .filter(|(_, f)| f.count >= THROTTLE_LIMIT && f.since.elapsed() < THROTTLE_WINDOW)
             .count()
     }
 }
@@ -349,14 +424,78 @@ mod tests {
     #[test]
     fn throttle_blocks_after_limit() {
         let t = Throttle::default();
-        let ip: std::net::IpAddr = [127, 0, 0, 9].into();
+        let ip: IpAddr = [127, 0, 0, 9].into();
         for _ in 0..THROTTLE_LIMIT - 1 {
             t.fail(ip);
         }
         assert!(t.blocked(ip).is_none());
         t.fail(ip);
         assert!(t.blocked(ip).is_some());
+        assert_eq!(t.blocked_count(), 1);
         assert!(t.blocked([127, 0, 0, 8].into()).is_none());
+    }
+
+    #[test]
+    fn ipv6_counts_by_64_and_mapped_v4_as_v4() {
+        let t = Throttle::default();
+        let a: IpAddr = "2001:db8:1:2::1".parse().expect("ip");
+        for i in 0..THROTTLE_LIMIT {
+            // A fresh address of the same /64 each time.
+            let ip: IpAddr = format!("2001:db8:1:2:{i:x}::{i:x}").parse().expect("ip");
+            t.fail(ip);
+        }
+        assert!(t.blocked(a).is_some(), "the whole /64 is one client");
+        assert!(t.blocked("2001:db8:1:3::1".parse().expect("ip")).is_none());
+        let mapped: IpAddr = "::ffff:10.0.0.7".parse().expect("ip");
+        assert_eq!(address_key(mapped), IpAddr::from([10, 0, 0, 7]));
+    }
+
+    #[test]
+    fn the_table_is_bounded_and_forgets_the_least_recent() {
+        let t = Throttle::new(100);
+        let hot: IpAddr = [10, 9, 9, 9].into();
+        for _ in 0..THROTTLE_LIMIT {
+            t.fail(hot);
+        }
+        for i in 0..10_000u32 {
+            t.fail(IpAddr::from(i.to_be_bytes()));
+            if i % 50 == 0 {
+                t.fail(hot);
+            }
+        }
+        assert_eq!(t.lock().len(), 100);
+        assert!(t.blocked(hot).is_some(), "a busy address stays remembered");
+        assert!(t.blocked(IpAddr::from(0u32.to_be_bytes())).is_none());
+    }
+
+    #[test]
+    fn short_or_odd_keys_are_refused() {
+        let store = KeyStore {
+            tree: None,
+            ephemeral: Arc::default(),
+            last_used: Arc::default(),
+        };
+        for bad in [
+            "",
+            "short",
+            "fg_123456789ab",
+            "has a space in it!!",
+            "fg_\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}",
+        ] {
+            assert!(
+                matches!(
+                    store.add_ephemeral(bad, "demo", &Scope::ALL),
+                    Err(AuthError::Weak(_))
+                ),
+                "{bad:?} accepted"
+            );
+            assert!(store.verify(bad).is_none());
+        }
+        assert!(check_key(&"k".repeat(257)).is_err());
+        assert!(check_key(&generate_key()).is_ok());
+        store
+            .add_ephemeral("fg_0123456789abcdef", "demo", &Scope::ALL)
+            .expect("16+ characters");
     }
 
     #[test]
@@ -423,8 +562,10 @@ mod tests {
             ephemeral: Arc::default(),
             last_used: Arc::default(),
         };
-        store.add_ephemeral("demo-key", "demo", &[Scope::Admin]);
-        let info = store.verify("demo-key").expect("demo key");
+        store
+            .add_ephemeral("demo-key-0123456789", "demo", &[Scope::Admin])
+            .expect("add");
+        let info = store.verify("demo-key-0123456789").expect("demo key");
         assert!(Scope::ALL.iter().all(|s| info.allows(*s)));
         assert_eq!("control".parse::<Scope>(), Ok(Scope::Control));
         assert!("root".parse::<Scope>().is_err());

@@ -209,6 +209,7 @@ impl Config {
                 ),
             ));
         }
+        self.listen.validate()?;
         if let Some(m) = &self.mongo {
             m.validate("mongo")?;
         }

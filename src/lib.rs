@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod command;
 pub mod config;
 pub mod doctor;
 pub mod frame;
@@ -20,4 +21,5 @@ pub mod service;
 pub mod sink;
 pub mod source;
 pub mod sync;
+pub mod tls;
 pub mod units;

@@ -1,5 +1,6 @@
-//! The `fieldgate` command line: run, demo, check-config, keys, journal, tail, doctor.
+//! The `fieldgate` command line: run, demo, check-config, keys, journal, tail, tls, doctor.
 
+mod certificate;
 mod keys_cli;
 mod tail;
 
@@ -50,6 +51,10 @@ enum Cmd {
         /// (e.g. under qemu-user, where the pty-fed serial sources do not open).
         #[arg(long)]
         direct: bool,
+        /// Also take frames from this MQTT broker (`mqtt://host:port`), topics
+        /// `fleet/{vehicle}/{device}/{kind}`.
+        #[arg(long)]
+        mqtt: Option<String>,
     },
     /// Validate a config file: exit 0, or name the bad key and why.
     CheckConfig {
@@ -72,6 +77,11 @@ enum Cmd {
     },
     /// Watch live frames from a gateway (filters, backfill, JSON lines).
     Tail(tail::TailArgs),
+    /// TLS for the technician interface: make the board's certificate.
+    Tls {
+        #[command(subcommand)]
+        cmd: certificate::TlsCmd,
+    },
     /// Check an installation part by part (config, journal, ports, brokers, MongoDB,
     /// listener, clock): one line each with a verdict and the fix; exit 0 when none failed.
     Doctor(fieldgate::doctor::DoctorArgs),
@@ -201,6 +211,26 @@ fn demo_config(listen: SocketAddr, data: PathBuf, direct: bool) -> Config {
     cfg
 }
 
+/// The demo's MQTT source: `fleet/{vehicle}/{device}/{kind}` on the broker at `url`.
+fn demo_mqtt(url: &str) -> anyhow::Result<fieldgate::source::mqtt::MqttConfig> {
+    let text = format!(
+        "name = \"mqtt\"\nurl = {url:?}\nclient_id = \"fieldgate-demo\"\n\
+         subscriptions = [{{ topic = \"fleet/{{vehicle}}/{{device}}/{{kind}}\", qos = 1 }}]\n"
+    );
+    let cfg: fieldgate::source::mqtt::MqttConfig = toml::from_str(&text).context("--mqtt")?;
+    cfg.validate("--mqtt").map_err(anyhow::Error::from)?;
+    Ok(cfg)
+}
+
+/// `addr` as a browser can open it (an unspecified address means this machine).
+fn browsable(addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        SocketAddr::from(([127, 0, 0, 1], addr.port()))
+    } else {
+        addr
+    }
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -252,19 +282,34 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             api_key,
             mongo_uri,
             direct,
+            mqtt,
         } => {
             init_logging("info");
+            let key = match api_key {
+                Some(k) => {
+                    fieldgate::auth::check_key(&k).context("--api-key (or FIELDGATE_API_KEY)")?;
+                    k
+                }
+                None => fieldgate::auth::generate_key(),
+            };
             let mut cfg = demo_config(listen, data, direct);
             if let Some(uri) = mongo_uri {
                 cfg.mongo = Some(fieldgate::sink::mongo::MongoConfig::with_uri(uri));
             }
+            if let Some(url) = mqtt {
+                cfg.sources.mqtt.push(demo_mqtt(&url)?);
+            }
             cfg.apply_env(|k| std::env::var(k).ok())?;
-            let key = api_key.unwrap_or_else(fieldgate::auth::generate_key);
             let mut out = std::io::stdout();
             writeln!(
                 out,
                 "fieldgate demo: simulated vehicle, journal in {}",
                 cfg.journal.path.display()
+            )?;
+            writeln!(
+                out,
+                "Dashboard: http://{}/  (paste the API key there)",
+                browsable(cfg.listen.address)
             )?;
             writeln!(out, "API key: {key}")?;
             writeln!(
@@ -315,6 +360,10 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             out.flush()?;
             journal.close()?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Tls { cmd } => {
+            certificate::run(cmd)?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Doctor(args) => {

@@ -287,6 +287,35 @@ pub fn render(st: &AppState) -> String {
         st.throttle.blocked_count(),
     );
     o.one(
+        "fieldgate_auth_wrong_keys_total",
+        "counter",
+        "Presented, non-empty wrong API keys.",
+        st.events.wrong_keys_total(),
+    );
+    o.one(
+        "fieldgate_http_connections",
+        "gauge",
+        "Open connections to the listener (WebSocket sessions included).",
+        st.connections.open(),
+    );
+    for (name, help, rows) in [
+        (
+            "fieldgate_http_refused_total",
+            "Connections, sessions and requests refused by a [listen] limit or the throttle.",
+            st.events.refused_total(),
+        ),
+        (
+            "fieldgate_http_closed_total",
+            "Connections the listener closed (timeouts, evictions, failed TLS handshakes).",
+            st.events.closed_total(),
+        ),
+    ] {
+        o.head(name, "counter", help);
+        for (reason, n) in rows {
+            o.val(name, &[("reason", reason)], n);
+        }
+    }
+    o.one(
         "fieldgate_uptime_seconds",
         "gauge",
         "Seconds since start.",

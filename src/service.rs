@@ -5,13 +5,13 @@
 
 use crate::api::{self, AppState};
 use crate::auth::{KeyStore, Throttle};
+use crate::command::CommandRoutes;
 use crate::config::Config;
 use crate::journal::Journal;
-use crate::relay::hub::{CommandRoutes, Hub};
+use crate::relay::hub::Hub;
 use crate::sink::SinkStates;
 use crate::source::{sim, SourceCtx, SourceStates};
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -54,14 +54,19 @@ pub async fn run(cfg: Config, opts: RunOptions) -> anyhow::Result<()> {
         .context("journal open task")??;
     let keys = KeyStore::persistent(journal.tree("keys")?);
     if let Some(k) = &opts.ephemeral_key {
-        keys.add_ephemeral(k, "demo", &crate::auth::Scope::ALL);
+        keys.add_ephemeral(k, "demo", &crate::auth::Scope::ALL)?;
     }
     let sources = SourceStates::default();
     let sinks = SinkStates::default();
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
     let commands = CommandRoutes::default();
-    let hub = Hub::spawn(&journal, commands.clone(), shutdown.clone());
+    for (_, source, device, takes_commands) in cfg.sources.owned_devices() {
+        if let Err(e) = commands.claim(&source, &device, takes_commands) {
+            tracing::error!(error = %e, "device claimed twice");
+        }
+    }
+    let hub = Hub::spawn(&journal, shutdown.clone());
 
     let gateway = cfg.gateway.id.clone();
     let ctx = |name: &str, kind: &'static str| SourceCtx {
@@ -110,38 +115,50 @@ pub async fn run(cfg: Config, opts: RunOptions) -> anyhow::Result<()> {
 
     let sinks_view = sinks.clone();
     let sources_view = sources.clone();
+    let limits = cfg.listen.limits();
+    let connections = api::conns::Connections::new(limits);
+    let events = std::sync::Arc::new(api::events::ListenEvents::default());
+    let tls = match (&cfg.listen.tls_cert, &cfg.listen.tls_key) {
+        (Some(cert), Some(key)) => {
+            Some(crate::tls::server_config(cert, key).context("[listen] tls_cert / tls_key")?)
+        }
+        _ => None,
+    };
     let keys_at_exit = keys.clone();
     let state = AppState {
         gateway: gateway.clone(),
         journal: journal.clone(),
         keys,
         throttle: Throttle::default(),
+        events: events.clone(),
+        sessions: api::Sessions::new(limits.max_sessions_per_key),
+        connections: connections.clone(),
         sources,
         sinks,
         hub,
+        commands,
         shutdown: shutdown.clone(),
         started,
     };
     let listener = tokio::net::TcpListener::bind(cfg.listen.address)
         .await
-        .with_context(|| format!("cannot listen on {}", cfg.listen.address))?
-        // Live frames are small writes: without TCP_NODELAY, Nagle and the client's delayed
-        // ACK hold one back for up to 40 ms whenever the previous one is still unacknowledged.
-        .tap_io(|tcp: &mut tokio::net::TcpStream| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-            }
-        });
-    tracing::info!(address = %cfg.listen.address, gateway = %gateway, "API listening");
-    let server_stop = shutdown.clone();
-    let server = tokio::spawn(async move {
-        axum::serve(
-            listener,
-            api::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move { server_stop.cancelled().await })
-        .await
-    });
+        .with_context(|| format!("cannot listen on {}", cfg.listen.address))?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(address = %cfg.listen.address, %scheme, gateway = %gateway, "API listening");
+    if tls.is_none() && !cfg.listen.address.ip().is_loopback() {
+        tracing::warn!(address = %cfg.listen.address,
+            "plain HTTP on a network address: API keys and telemetry cross the network in clear text; set [listen] tls_cert and tls_key (fieldgate tls self-signed)");
+    }
+    raise_fd_limit(limits.max_connections);
+    let router = api::router(state, &cfg.listen);
+    let server = tokio::spawn(api::serve::serve(
+        listener,
+        tls,
+        router,
+        connections,
+        events,
+        shutdown.clone(),
+    ));
 
     crate::notify::ready(&format!("serving on {}", cfg.listen.address));
     tokio::spawn(crate::notify::watchdog(
@@ -156,10 +173,11 @@ pub async fn run(cfg: Config, opts: RunOptions) -> anyhow::Result<()> {
     shutdown.cancel();
     tasks.close();
     tasks.wait().await;
-    match tokio::time::timeout(std::time::Duration::from_secs(5), server).await {
-        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "API server ended with an error"),
-        Err(_) => tracing::warn!("API server did not drain in 5 s"),
-        _ => {}
+    if tokio::time::timeout(std::time::Duration::from_secs(5), server)
+        .await
+        .is_err()
+    {
+        tracing::warn!("API server did not drain in 5 s");
     }
     keys_at_exit.persist_last_used();
     let j = journal.clone();
@@ -168,4 +186,36 @@ pub async fn run(cfg: Config, opts: RunOptions) -> anyhow::Result<()> {
         .context("journal close task")??;
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// Raise the open-files limit to its hard maximum: every connection is a descriptor, and
+/// running out makes `accept` fail for everyone. Warns if `max_connections` cannot fit.
+fn raise_fd_limit(max_connections: usize) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read/write the struct passed by pointer.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let mut raised = lim;
+            raised.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim = raised;
+            }
+        }
+    }
+    // Journal, sources, sinks and the process itself need some descriptors too.
+    let needed =
+        libc::rlim_t::try_from(max_connections.saturating_add(128)).unwrap_or(libc::rlim_t::MAX);
+    if lim.rlim_cur < needed {
+        tracing::warn!(
+            open_files = lim.rlim_cur,
+            max_connections,
+            "the open-files limit is below [listen] max_connections + 128; lower max_connections or raise LimitNOFILE"
+        );
+    }
 }

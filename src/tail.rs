@@ -5,6 +5,7 @@
 
 use anyhow::Context;
 use clap::Args;
+use fieldgate::tls::{connect_ws, is_untrusted, Trust};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use std::io::Write;
@@ -42,6 +43,27 @@ pub struct TailArgs {
     /// Client name shown in /api/connections.
     #[arg(long, default_value = "fieldgate-tail")]
     name: String,
+    /// `wss://`: trust the CAs in this PEM file (e.g. the board's own certificate).
+    #[arg(long, conflicts_with = "pin")]
+    ca: Option<std::path::PathBuf>,
+    /// `wss://`: trust exactly the certificate with this SHA-256 fingerprint (as `fieldgate
+    /// tls self-signed` printed it).
+    #[arg(long)]
+    pin: Option<String>,
+}
+
+impl TailArgs {
+    /// How to trust a `wss://` gateway (the system CAs unless `--ca` or `--pin`).
+    fn trust(&self) -> anyhow::Result<Trust> {
+        if (self.ca.is_some() || self.pin.is_some()) && !self.url.starts_with("wss://") {
+            anyhow::bail!("--ca and --pin need a wss:// --url");
+        }
+        Ok(match (&self.ca, &self.pin) {
+            (Some(ca), _) => Trust::CaFile(ca.clone()),
+            (_, Some(pin)) => Trust::Pinned(fieldgate::tls::parse_pin(pin).context("--pin")?),
+            _ => Trust::System,
+        })
+    }
 }
 
 fn list(v: &[String]) -> Value {
@@ -97,16 +119,23 @@ pub async fn run(a: TailArgs) -> anyhow::Result<()> {
     let mut delay = Duration::from_millis(250);
     let mut outage = Outage::default();
     let mut out = std::io::stdout();
+    if a.key.is_empty() {
+        anyhow::bail!("--key (or FIELDGATE_API_KEY) is empty");
+    }
+    let trust = a.trust()?;
     loop {
         let mut req = a.url.as_str().into_client_request().context("--url")?;
         req.headers_mut()
             .insert("x-api-key", a.key.parse().context("--key")?);
         req.headers_mut()
             .insert("sec-websocket-protocol", a.name.parse().context("--name")?);
-        let mut ws = match tokio_tungstenite::connect_async(req).await {
-            Ok((ws, _)) => ws,
+        let mut ws = match connect_ws(req, &trust).await {
+            Ok(ws) => ws,
             Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
                 anyhow::bail!("gateway refused the connection: HTTP {}", resp.status());
+            }
+            Err(e) if is_untrusted(&e) => {
+                anyhow::bail!("the gateway's certificate is not the one trusted (--ca/--pin): {e}");
             }
             Err(e) => {
                 outage.failed(&a.url, &e);

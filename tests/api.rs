@@ -332,22 +332,146 @@ fn bad_bodies_get_json_errors_and_the_gateway_survives() {
 }
 
 #[test]
-fn repeated_bad_keys_are_throttled() {
+fn wrong_keys_are_throttled_but_a_valid_key_is_always_served() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (gw, k) = keyed_gateway(dir.path(), 200);
-    for _ in 0..10 {
+    let status = gw.url("/api/status");
+    // Empty keys are no guess: they never count (the dashboard polls before a key is set).
+    for _ in 0..20 {
+        let (code, e) = http("GET", &status, Some(""), None);
         assert_eq!(
-            http("GET", &gw.url("/api/status"), Some("fg_guess"), None).0,
-            401
+            (code, e["error"]["code"].as_str()),
+            (401, Some("unauthorized"))
         );
     }
-    let (code, e) = http("GET", &gw.url("/api/status"), Some(&k.read), None);
+    for i in 1..=10 {
+        let (code, _) = http("GET", &status, Some("fg_guess_0123456789"), None);
+        let want = if i < 10 { 401 } else { 429 };
+        assert_eq!(code, want, "wrong key #{i}");
+    }
+    // Ten wrong keys later, the right one is served from the same address.
+    let (code, _) = http("GET", &status, Some(&k.read), None);
+    assert_eq!(code, 200, "a valid key after ten wrong ones");
+    let (code, e) = http("GET", &status, Some("fg_guess_0123456789"), None);
     assert_eq!(
         (code, e["error"]["code"].as_str()),
         (429, Some("throttled"))
     );
+    let (_, metrics) = common::http_text(&gw.url("/metrics"), &k.read);
+    assert!(
+        metrics.contains("fieldgate_auth_wrong_keys_total 11"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("fieldgate_http_refused_total{reason=\"throttled\"} 2"));
     assert!(
         !gw.log().contains("fg_guess"),
         "a presented key reached the log"
     );
+}
+
+#[test]
+fn cors_lets_other_origins_call_with_a_key_and_every_response_has_security_headers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (gw, k) = keyed_gateway(dir.path(), 200);
+    let preflight = |url: &str, origin: &str| {
+        common::http_full(
+            "OPTIONS",
+            url,
+            &[
+                ("origin", origin),
+                ("access-control-request-method", "GET"),
+                ("access-control-request-headers", "x-api-key"),
+            ],
+        )
+    };
+    let header = |h: &reqwest::header::HeaderMap, name: &str| {
+        h.get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    // Default `cors_origins = ["*"]`: any page may call with the key it was given.
+    let (code, h, _) = preflight(&gw.url("/api/status"), "http://laptop.local:8080");
+    assert_eq!(code, 200);
+    assert_eq!(header(&h, "access-control-allow-origin"), "*");
+    let allowed = header(&h, "access-control-allow-headers");
+    assert!(
+        allowed.contains("x-api-key") && allowed.contains("authorization"),
+        "{allowed}"
+    );
+    assert!(h.get("access-control-allow-credentials").is_none());
+    let (code, h, _) = common::http_full(
+        "GET",
+        &gw.url("/api/status"),
+        &[
+            ("origin", "http://laptop.local:8080"),
+            ("x-api-key", &k.read),
+        ],
+    );
+    assert_eq!(
+        (code, header(&h, "access-control-allow-origin").as_str()),
+        (200, "*")
+    );
+    assert_eq!(header(&h, "x-content-type-options"), "nosniff");
+    assert_eq!(header(&h, "referrer-policy"), "no-referrer");
+    assert_eq!(
+        header(&h, "content-security-policy"),
+        "default-src 'none'; frame-ancestors 'none'"
+    );
+    // The dashboard: its own script and style only, nothing inline.
+    for path in ["/", "/ui/app.js", "/ui/app.css"] {
+        let (code, h, body) = common::http_full("GET", &gw.url(path), &[]);
+        assert_eq!(code, 200, "{path}");
+        let csp = header(&h, "content-security-policy");
+        assert!(
+            csp.contains("script-src 'self'") && csp.contains("default-src 'none'"),
+            "{path}: {csp}"
+        );
+        assert!(!csp.contains("unsafe"), "{path}: {csp}");
+        assert!(!body.is_empty());
+        if path == "/" {
+            assert!(
+                !body.contains("<script>") && !body.contains("style="),
+                "inline code in the page"
+            );
+            assert!(!body.contains("localStorage") && !body.contains("innerHTML"));
+        }
+    }
+    // The page also names this host's ws:/wss: (for browsers before CSP level 3), but only
+    // a Host that is a plain host name: nothing from a header is pasted into the policy.
+    let (_, h, _) = common::http_full("GET", &gw.url("/"), &[]);
+    let port = gw.port;
+    assert!(
+        header(&h, "content-security-policy").contains(&format!(
+            "connect-src 'self' ws://127.0.0.1:{port} wss://127.0.0.1:{port};"
+        )),
+        "{h:?}"
+    );
+    let (_, h, _) = common::http_full("GET", &gw.url("/"), &[("host", "x; script-src *")]);
+    let csp = header(&h, "content-security-policy");
+    assert!(
+        csp.contains("connect-src 'self';") && !csp.contains('*'),
+        "{csp}"
+    );
+    let (_, _, js) = common::http_full("GET", &gw.url("/ui/app.js"), &[]);
+    assert!(
+        !js.contains("innerHTML") && !js.contains("localStorage"),
+        "the script builds no HTML from strings"
+    );
+    drop(gw);
+
+    // A configured list: only those origins get an answer the browser accepts.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (gw, _) = common::keyed_gateway_with(
+        dir.path(),
+        200,
+        "cors_origins = [\"http://tool.example:8080\"]",
+    );
+    let (_, h, _) = preflight(&gw.url("/api/frames"), "http://tool.example:8080");
+    assert_eq!(
+        header(&h, "access-control-allow-origin"),
+        "http://tool.example:8080"
+    );
+    let (_, h, _) = preflight(&gw.url("/api/frames"), "http://evil.example");
+    assert!(h.get("access-control-allow-origin").is_none(), "{h:?}");
 }

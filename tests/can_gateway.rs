@@ -158,10 +158,10 @@ fn technicians_transmit_on_a_writable_bus_and_not_on_a_listen_only_one() {
         ws_send(&mut ws, cmd("body-bus", json!({"id": 0x123, "data": "0011223344556677889900"}))).await;
         let refused = ws_next_of(&mut ws, "error").await;
         assert!(refused["message"].as_str().unwrap_or("").contains("at most 8 bytes"), "{refused}");
-        // The listen-only bus has no command route.
+        // The listen-only bus owns its device but takes no commands.
         ws_send(&mut ws, cmd("pt-bus", json!({"id": 0x123, "data": "01"}))).await;
         let no_route = ws_next_of(&mut ws, "error").await;
-        assert!(no_route["message"].as_str().unwrap_or("").contains("no command route"), "{no_route}");
+        assert!(no_route["message"].as_str().unwrap_or("").contains("takes no commands"), "{no_route}");
     });
     // python-can, the host on the other end, received the frame.
     peer.send(json!({"op": "recv", "timeout": 10}));

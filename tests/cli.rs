@@ -41,7 +41,7 @@ fn check_config_accepts_good_and_names_the_bad_key() {
         (BASE.replace("max_bytes = \"16MiB\"", "max_bytes = \"16 bananas\""),
          "journal.max_bytes: expected a byte size such as 512MiB"),
         (BASE.replace("[listen]", "[listen]\nport = 80"),
-         "listen.port: unknown field `port`, expected `address`"),
+         "listen.port: unknown field `port`, expected one of `address`"),
         (BASE.replace("id = \"van-07\"", "id = \"\""),
          "gateway.id: expected 1-64 characters"),
         (BASE.replace("127.0.0.1:PORT", "localhost"),
@@ -172,4 +172,48 @@ fn opening_the_journal_does_not_touch_sleds_metrics_memory() {
     let kb = peak_rss_kb(&["journal", "stats", "--data", data]);
     eprintln!("journal stats peak RSS: {kb} kB");
     assert!(kb < 30_000, "journal stats peaked at {kb} kB");
+}
+
+#[test]
+fn empty_or_short_api_keys_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("journal");
+    let data = data.to_string_lossy();
+    let demo = |key: Option<&str>, env: Option<&str>| {
+        let mut c = std::process::Command::new(common::bin());
+        c.args(["demo", "--listen", "127.0.0.1:0", "--data", &data]);
+        if let Some(k) = key {
+            c.args(["--api-key", k]);
+        }
+        match env {
+            Some(v) => c.env("FIELDGATE_API_KEY", v),
+            None => c.env_remove("FIELDGATE_API_KEY"),
+        };
+        let err_file = dir.path().join("demo.err");
+        c.stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&err_file).expect("stderr file"));
+        let mut child = c.spawn().expect("run demo");
+        // A demo that accepted the key would run until stopped.
+        let status = common::wait_exit(&mut child, std::time::Duration::from_secs(20));
+        if status.is_none() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let err = std::fs::read_to_string(&err_file).unwrap_or_default();
+        (status.and_then(|s| s.code()), err)
+    };
+    for (key, env) in [
+        (Some(""), None),
+        (Some("short"), None),
+        (Some("has spaces in the key"), None),
+        (None, Some("")),
+        (None, Some("fg_123")),
+    ] {
+        let (code, err) = demo(key, env);
+        assert!(code.is_some_and(|c| c != 0), "{key:?}/{env:?} accepted");
+        assert!(err.contains("API key refused"), "{key:?}/{env:?}: {err}");
+    }
+    let (code, _, err) = run_cli(&["tail", "--key", "", "--count", "1"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("empty"), "{err}");
 }

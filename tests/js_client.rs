@@ -33,7 +33,7 @@ fn node_client_tests_pass_against_the_gateway() {
     };
     assert_eq!(
         (summary("tests"), summary("pass"), summary("fail")),
-        (Some(3), Some(3), Some(0)),
-        "expected the 3 node tests to pass:\n{text}"
+        (Some(4), Some(4), Some(0)),
+        "expected the 4 node tests to pass:\n{text}"
     );
 }

@@ -348,6 +348,58 @@ fn bad_topics_empty_and_oversize_payloads_are_counted_acked_and_logged() {
 }
 
 #[test]
+fn topic_level_ids_are_validated_and_distinct_devices_are_capped() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = Mosquitto::start(dir.path(), 100);
+    let setup = Setup::with(&broker.url(), "max_devices = 5");
+    let gw = setup.start();
+    let mut messages: Vec<(String, Vec<u8>)> = (0..20)
+        .map(|i| {
+            (
+                format!("fleet/van-1/dev-{i}/t"),
+                format!("{{\"n\": {i}}}").into_bytes(),
+            )
+        })
+        .collect();
+    // A device already journaled stays welcome after the cap is reached.
+    messages.push(("fleet/van-1/dev-0/t".into(), br#"{"n": 100}"#.to_vec()));
+    for topic in [
+        "fleet/<img src=x onerror=alert(1)>/gps0/gps",
+        "fleet/van-1/dev ice/gps",
+        &format!("fleet/van-1/{}/gps", "d".repeat(65)),
+        "fleet/van-1/gps0/k\u{e9}",
+    ] {
+        messages.push((topic.to_string(), br#"{"x": 1}"#.to_vec()));
+    }
+    publish_all(broker.port, "test-many-devices", messages);
+    let s = gw.status_until(Duration::from_secs(60), |s| {
+        source(s)["frames"].as_u64().unwrap_or(0) + source(s)["invalid"].as_u64().unwrap_or(0) >= 25
+    });
+    let src = source(&s);
+    assert_eq!(src["frames"], 6, "{src}");
+    let reasons = &src["invalid_by_reason"];
+    assert_eq!(reasons["too_many_devices"], 15, "{src}");
+    assert_eq!(reasons["bad_vehicle_id"], 1, "{src}");
+    assert_eq!(reasons["bad_device_id"], 2, "{src}");
+    assert_eq!(reasons["bad_kind"], 1, "{src}");
+    gw.stop();
+    let (_, frames) = journal_ids(&setup.journal());
+    let devices: std::collections::BTreeSet<&str> =
+        frames.iter().map(|f| f.device.as_str()).collect();
+    assert_eq!(
+        devices,
+        ["dev-0", "dev-1", "dev-2", "dev-3", "dev-4"]
+            .into_iter()
+            .collect()
+    );
+    assert!(frames.iter().all(|f| fieldgate::config::valid_id(&f.device)
+        && f.vehicle
+            .as_deref()
+            .is_some_and(fieldgate::config::valid_id)
+        && fieldgate::config::valid_id(&f.kind)));
+}
+
+#[test]
 fn websocket_commands_are_published_to_the_device_command_topic() {
     let dir = tempfile::tempdir().expect("tempdir");
     let broker = Mosquitto::start(dir.path(), 100);
@@ -355,7 +407,9 @@ fn websocket_commands_are_published_to_the_device_command_topic() {
     // [[sources.mqtt]] is the config's last table: append its command topic.
     let cfg = setup.dir.path().join("fieldgate.toml");
     let mut text = std::fs::read_to_string(&cfg).expect("config");
-    text.push_str("command_topic = \"fleet/{vehicle}/{device}/cmd\"\n");
+    text.push_str(
+        "command_topic = \"fleet/{vehicle}/{device}/cmd\"\ncommand_devices = [\"gps*\"]\n",
+    );
     std::fs::write(&cfg, text).expect("config");
     // A device-side listener with a persistent session: the broker queues its commands.
     common::mqtt::presubscribe(broker.port, "device-gps0", "fleet/van-1/gps0/cmd");

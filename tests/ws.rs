@@ -4,20 +4,12 @@
 
 mod common;
 
-use common::{http, http_async, keyed_gateway, ws_connect, ws_next, ws_next_of, ws_send};
+use common::{http, http_async, keyed_gateway, rt, ws_connect, ws_next, ws_next_of, ws_send};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("rt")
-}
 
 #[test]
 fn upgrade_auth_subprotocol_and_live_frames() {
@@ -233,6 +225,24 @@ fn filters_ping_broadcast_command_and_bad_messages() {
             .as_str()
             .unwrap_or("")
             .contains("control"));
+        // The scope is checked before the command is parsed: a key without control learns
+        // that it lacks the scope, not what is wrong with the command.
+        for data in [
+            json!({"device": "sim-gps", "bogus": 1}),
+            json!({"device": "sim-gps", "can": {"id": "0x7FF", "data": "zz"}}),
+            json!("not an object"),
+        ] {
+            ws_send(&mut a, json!({"type": "command", "data": data})).await;
+            let e = ws_next_of(&mut a, "error").await;
+            assert_eq!(
+                e["message"], "command needs the control scope",
+                "{data}: {e}"
+            );
+        }
+        ws_send(&mut b, json!({"type": "broadcast", "extra": 1})).await;
+        assert!(ws_next_of(&mut b, "error").await["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("bad message")));
         let (mut c, _) = ws_connect(gw.port, "/ws", Some(&k.control), Some("c"))
             .await
             .expect("c");
@@ -246,7 +256,7 @@ fn filters_ping_broadcast_command_and_bad_messages() {
             reply["message"]
                 .as_str()
                 .unwrap_or("")
-                .contains("no command route"),
+                .contains("takes no commands"),
             "{reply}"
         );
         let audit_seq = reply["data"]["audit_seq"].as_u64().expect("audited");

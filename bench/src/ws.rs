@@ -474,7 +474,10 @@ fn start_fieldgate(
     std::fs::write(
         &cfg,
         format!(
+            // Every receiver comes from one address with one key: lift the listener's limits
+            // (a technician's defaults would admit 8 sessions per key).
             "[gateway]\nid = \"bench\"\n[journal]\npath = \"{}\"\n[listen]\naddress = \"127.0.0.1:{port}\"\n\
+             max_connections = 4096\nmax_connections_per_ip = 4096\nmax_sessions_per_key = 4096\n\
              [[sources.mqtt]]\nname = \"broker\"\nurl = \"mqtt://127.0.0.1:{mqtt_port}\"\nclient_id = \"{FIELDGATE_CLIENT_ID}\"\n\
              subscriptions = [{{ topic = \"bench/{{device}}/{{kind}}\", qos = 1 }}]\n",
             dir.join("journal").display()

@@ -59,7 +59,10 @@ impl Spec {
         }
         let _ = write!(
             t,
-            "[listen]\naddress = \"127.0.0.1:{port}\"\n[log]\nlevel = \"info\"\n"
+            // One address and one key carry every client (200 in slow-consumers): lift
+            // the listener's per-address and per-key caps, made for technicians.
+            "[listen]\naddress = \"127.0.0.1:{port}\"\nmax_connections = 1024\n\
+             max_connections_per_ip = 1024\nmax_sessions_per_key = 1024\n[log]\nlevel = \"info\"\n"
         );
         if let Some((uri, db)) = &self.mongo {
             // A short backoff cap: the scenarios time the catch-up after an outage.

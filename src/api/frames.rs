@@ -4,8 +4,7 @@
 //! carries at most [`MAX_BYTES`] of payloads: a page of large frames stops early, says so
 //! (`truncated`), and `next_seq` continues where it stopped.
 
-use super::{ApiError, AppState, Auth};
-use crate::auth::Scope;
+use super::{scope, ApiError, AppState, Scoped};
 use crate::frame::RawFrame;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
@@ -37,7 +36,7 @@ pub struct FrameQuery {
     pub until: Option<i64>,
     /// Most frames to return (default 100, at most 10,000).
     pub limit: Option<usize>,
-    /// The key, for browsers (already checked by `Auth`).
+    /// The key, for browsers (already checked by `Scoped`).
     #[serde(rename = "api_key")]
     pub _api_key: Option<String>,
 }
@@ -57,11 +56,10 @@ pub struct FramesPage {
 
 /// `GET /api/frames`.
 pub async fn query(
-    auth: Auth,
+    _: Scoped<scope::Read>,
     State(st): State<AppState>,
     q: Result<Query<FrameQuery>, QueryRejection>,
 ) -> Result<Json<FramesPage>, ApiError> {
-    auth.require(Scope::Read)?;
     let Query(q) = q.map_err(|e| ApiError::invalid(e.body_text()))?;
     let limit = q.limit.unwrap_or(100);
     if limit == 0 || limit > MAX_LIMIT {

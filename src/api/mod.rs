@@ -1,51 +1,44 @@
-//! The HTTP API: one axum listener serving WebSocket, REST, metrics and the dashboard.
+//! The HTTP API: one listener serving WebSocket, REST, metrics and the dashboard.
 //!
 //! Routes are assembled in [`router`], read top to bottom. Auth is an extractor
-//! ([`Auth`]) that resolves the presented key once (with per-address throttling of
-//! failures); handlers state the scope they need. Every error is the same JSON shape,
-//! produced by [`ApiError`]'s `IntoResponse`; bodies go through [`ApiJson`], which rejects
-//! unknown fields and names the field at fault.
+//! ([`Scoped`], in `auth`) that resolves the presented key once (with per-address
+//! throttling of wrong keys) and checks the scope the handler's signature names. Every
+//! error is the same JSON shape, produced by [`ApiError`]'s `IntoResponse`; bodies go
+//! through [`ApiJson`], which rejects unknown fields and names the field at fault.
+//! `serve` accepts connections (plain or TLS) within the limits of `[listen]` ([`listen`]).
 
+mod auth;
+pub mod conns;
+mod dashboard;
+pub mod events;
 mod frames;
+pub mod listen;
 mod live;
 pub(crate) mod registry;
+pub mod serve;
 
-use crate::auth::{KeyInfo, KeyStore, Scope, Throttle};
+pub use auth::{peer, presented_key, scope, Auth, Scoped};
+pub use listen::ListenConfig;
+pub use live::Sessions;
+
+use crate::auth::{KeyStore, Throttle};
 use crate::journal::Journal;
 use crate::relay::hub::Hub;
 use crate::sink::SinkStates;
 use crate::source::SourceStates;
-use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request, State};
-use axum::http::{header, request::Parts, StatusCode};
+use axum::extract::{FromRequest, Request, State};
+use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
 use serde_json::{json, Value};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// Largest accepted request body.
 pub const BODY_LIMIT: usize = 64 * 1024;
-
-/// `[listen]` section.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ListenConfig {
-    /// Address of the HTTP/WebSocket listener.
-    pub address: SocketAddr,
-}
-
-impl Default for ListenConfig {
-    fn default() -> Self {
-        ListenConfig {
-            address: SocketAddr::from(([0, 0, 0, 0], 3004)),
-        }
-    }
-}
 
 /// Everything handlers share.
 #[derive(Clone)]
@@ -58,12 +51,20 @@ pub struct AppState {
     pub keys: KeyStore,
     /// Failed-auth throttling.
     pub throttle: Throttle,
+    /// The listener's counted, rate-limited events.
+    pub events: Arc<events::ListenEvents>,
     /// Source status slots.
     pub sources: SourceStates,
     /// Sink status slots.
     pub sinks: SinkStates,
     /// The live hub.
     pub hub: Arc<Hub>,
+    /// Command routes (WebSocket `command`).
+    pub commands: crate::command::CommandRoutes,
+    /// WebSocket sessions per key.
+    pub sessions: Sessions,
+    /// The listener's open connections.
+    pub connections: Arc<conns::Connections>,
     /// Fires on shutdown (ends WebSocket sessions).
     pub shutdown: CancellationToken,
     /// When the service started.
@@ -161,80 +162,6 @@ async fn read_body(req: Request) -> Result<Vec<u8>, ApiError> {
     Ok(buf)
 }
 
-/// The caller's verified key, taken from `x-api-key`, `Authorization: Bearer` or `api_key`.
-pub struct Auth(pub KeyInfo);
-
-/// The key a request presents, if any (header first, then bearer, then query).
-pub fn presented_key(parts: &Parts) -> Option<String> {
-    let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
-    if let Some(k) = header("x-api-key") {
-        return Some(k.trim().to_string());
-    }
-    if let Some(k) = header("authorization").and_then(|v| v.strip_prefix("Bearer ")) {
-        return Some(k.trim().to_string());
-    }
-    parts.uri.query().and_then(|q| {
-        q.split('&')
-            .filter_map(|kv| kv.split_once('='))
-            .find(|(k, _)| *k == "api_key")
-            .map(|(_, v)| v.to_string())
-    })
-}
-
-/// The peer address of a request (loopback if unknown, e.g. in unit tests).
-pub fn peer(parts: &Parts) -> SocketAddr {
-    parts
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0)
-        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)))
-}
-
-impl FromRequestParts<AppState> for Auth {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let ip = peer(parts).ip();
-        if let Some(retry) = state.throttle.blocked(ip) {
-            return Err(ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "throttled",
-                format!("too many failed attempts from {ip}; retry in {retry} s"),
-            ));
-        }
-        let key = presented_key(parts).ok_or_else(|| {
-            ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "missing API key (x-api-key header, Authorization: Bearer, or api_key query)",
-            )
-        })?;
-        state.keys.verify(&key).map(Auth).ok_or_else(|| {
-            // Only wrong keys count towards throttling: they are what a guesser sends.
-            let n = state.throttle.fail(ip);
-            if n <= 3 || n.is_power_of_two() {
-                tracing::warn!(%ip, failures = n, path = %parts.uri.path(), "unknown API key");
-            }
-            ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "unknown API key")
-        })
-    }
-}
-
-impl Auth {
-    /// Require a scope, or answer 403.
-    pub fn require(&self, scope: Scope) -> Result<(), ApiError> {
-        if self.0.allows(scope) {
-            Ok(())
-        } else {
-            Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                format!("this key lacks the {scope} scope"),
-            ))
-        }
-    }
-}
-
 /// A JSON body: size-limited, unknown fields rejected, errors naming the field.
 pub struct ApiJson<T>(pub T);
 
@@ -278,10 +205,12 @@ pub fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 }
 
 /// All routes.
-pub fn router(state: AppState) -> Router {
+pub fn router(state: AppState, listen: &ListenConfig) -> Router {
     Router::new()
         .route("/", get(live::root))
         .route("/ws", get(live::ws))
+        .route("/ui/app.js", get(dashboard::script))
+        .route("/ui/app.css", get(dashboard::style))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -293,6 +222,48 @@ pub fn router(state: AppState) -> Router {
         .merge(registry::routes::<registry::Vehicle>("/api/vehicles"))
         .fallback(|| async { ApiError::not_found("no such route") })
         .with_state(state)
+        .layer(axum::middleware::map_response(security_headers))
+        .layer(cors(&listen.cors_origins))
+}
+
+/// Headers on every response: no MIME sniffing, no referrer, and (unless the dashboard set
+/// its own) a policy that lets a response load nothing and be framed nowhere.
+async fn security_headers(mut resp: Response) -> Response {
+    let h = resp.headers_mut();
+    h.entry(header::CONTENT_SECURITY_POLICY)
+        .or_insert(HeaderValue::from_static(
+            "default-src 'none'; frame-ancestors 'none'",
+        ));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    resp
+}
+
+/// CORS for `[listen] cors_origins`: preflights answered, `x-api-key` and `Authorization`
+/// allowed, never credentials (keys do not travel in cookies).
+fn cors(origins: &[String]) -> tower_http::cors::CorsLayer {
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    let layer = CorsLayer::new()
+        .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE])
+        .allow_headers([
+            HeaderName::from_static("x-api-key"),
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+        ])
+        .max_age(std::time::Duration::from_secs(600));
+    if origins.iter().any(|o| o == "*") {
+        layer.allow_origin(AllowOrigin::any())
+    } else {
+        // Validated at config load; an unparsable one would simply match nothing.
+        let list: Vec<HeaderValue> = origins.iter().filter_map(|o| o.parse().ok()).collect();
+        layer.allow_origin(AllowOrigin::list(list))
+    }
 }
 
 async fn healthz() -> Json<Value> {
@@ -317,9 +288,8 @@ async fn readyz(State(st): State<AppState>) -> Response {
 }
 
 /// `GET /api/status`: journal, sources, sinks, uptime.
-async fn status(auth: Auth, State(st): State<AppState>) -> Result<Json<Value>, ApiError> {
-    auth.require(Scope::Read)?;
-    Ok(Json(json!({
+async fn status(_: Scoped<scope::Read>, State(st): State<AppState>) -> Json<Value> {
+    Json(json!({
         "gateway": st.gateway,
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_s": st.started.elapsed().as_secs(),
@@ -327,7 +297,7 @@ async fn status(auth: Auth, State(st): State<AppState>) -> Result<Json<Value>, A
         "sources": st.sources.snapshot(),
         "sinks": st.sinks.snapshot(),
         "clients": st.hub.clients().len(),
-    })))
+    }))
 }
 
 /// `GET /api/user`: who the presented key belongs to.
@@ -336,20 +306,18 @@ async fn user(auth: Auth) -> Json<Value> {
 }
 
 /// `GET /api/connections`: WebSocket clients, sources, sinks.
-async fn connections(auth: Auth, State(st): State<AppState>) -> Result<Json<Value>, ApiError> {
-    auth.require(Scope::Read)?;
-    Ok(Json(json!({
+async fn connections(_: Scoped<scope::Read>, State(st): State<AppState>) -> Json<Value> {
+    Json(json!({
         "clients": st.hub.clients(),
         "sources": st.sources.snapshot(),
         "sinks": st.sinks.snapshot(),
-    })))
+    }))
 }
 
 /// `GET /metrics`: Prometheus text.
-async fn metrics(auth: Auth, State(st): State<AppState>) -> Result<Response, ApiError> {
-    auth.require(Scope::Read)?;
+async fn metrics(_: Scoped<scope::Read>, State(st): State<AppState>) -> Response {
     let body = crate::metrics::render(&st);
-    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response())
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
 #[cfg(test)]

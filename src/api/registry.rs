@@ -5,8 +5,7 @@
 //! reads and writes (each write is fsynced) run on the blocking pool, never on the async
 //! workers that serve the relay.
 
-use super::{ApiError, ApiJson, AppState, Auth};
-use crate::auth::Scope;
+use super::{scope, ApiError, ApiJson, AppState, Scoped};
 use crate::relay::hub::Hub;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -165,8 +164,10 @@ fn load<R: Record>(t: &sled::Tree, id: &str) -> Result<Option<R>, ApiError> {
     }
 }
 
-async fn list<R: Record>(auth: Auth, State(st): State<AppState>) -> Result<Json<Value>, ApiError> {
-    auth.require(Scope::Read)?;
+async fn list<R: Record>(
+    _: Scoped<scope::Read>,
+    State(st): State<AppState>,
+) -> Result<Json<Value>, ApiError> {
     let records = on_tree::<R, _>(&st, |t| {
         let mut out = Vec::new();
         for item in t.iter() {
@@ -184,11 +185,10 @@ async fn list<R: Record>(auth: Auth, State(st): State<AppState>) -> Result<Json<
 }
 
 async fn get_one<R: Record>(
-    auth: Auth,
+    _: Scoped<scope::Read>,
     State(st): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    auth.require(Scope::Read)?;
     let r: R = on_tree::<R, _>(&st, move |t| {
         load(t, &id)?.ok_or_else(|| ApiError::not_found(format!("no {} {id:?}", R::NOUN)))
     })
@@ -197,11 +197,10 @@ async fn get_one<R: Record>(
 }
 
 async fn create<R: Record>(
-    auth: Auth,
+    auth: Scoped<scope::Write>,
     State(st): State<AppState>,
     ApiJson(r): ApiJson<R>,
 ) -> Result<Response, ApiError> {
-    auth.require(Scope::Write)?;
     r.validate()?;
     let bytes = serde_json::to_vec(&r).map_err(ApiError::internal)?;
     let id = r.id().to_string();
@@ -225,12 +224,11 @@ async fn create<R: Record>(
 }
 
 async fn replace<R: Record>(
-    auth: Auth,
+    auth: Scoped<scope::Write>,
     State(st): State<AppState>,
     Path(id): Path<String>,
     ApiJson(mut r): ApiJson<R>,
 ) -> Result<Json<Value>, ApiError> {
-    auth.require(Scope::Write)?;
     if !r.id().is_empty() && r.id() != id {
         return Err(ApiError::invalid(format!(
             "id: body says {:?} but the path says {id:?}",
@@ -252,11 +250,10 @@ async fn replace<R: Record>(
 }
 
 async fn remove<R: Record>(
-    auth: Auth,
+    auth: Scoped<scope::Write>,
     State(st): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    auth.require(Scope::Write)?;
     let key = id.clone();
     on_tree::<R, _>(&st, move |t| {
         let old = t.remove(key.as_bytes()).map_err(ApiError::internal)?;

@@ -67,10 +67,12 @@ pub(super) fn address(ctx: &Ctx) -> Check {
 /// A certificate valid now but expiring within this long is a warning.
 const EXPIRY_WARN: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);
 
-/// `tls`: the listener's certificate and key. The config has no `[listen] tls_cert` /
-/// `tls_key` yet; once it has, call [`tls_pair`] with them here.
-pub(super) fn tls_files(_ctx: &Ctx) -> Vec<Check> {
-    Vec::new()
+/// `tls`: the listener's certificate and key (`[listen] tls_cert` / `tls_key`), when set.
+pub(super) fn tls_files(ctx: &Ctx) -> Vec<Check> {
+    match (&ctx.cfg.listen.tls_cert, &ctx.cfg.listen.tls_key) {
+        (Some(cert), Some(key)) => vec![tls_pair(ctx.acct.as_ref().ok(), cert, key)],
+        _ => Vec::new(),
+    }
 }
 
 /// When a certificate stops (or starts) being valid, as `verify_for_usage` reports it.
@@ -113,8 +115,9 @@ fn date(t: UnixTime) -> String {
     )
 }
 
-/// `tls` for a certificate and key pair (ready for `[listen] tls_cert`/`tls_key`): both readable by `acct` (the service user), the
-/// key the certificate's own, the certificate valid now and for [`EXPIRY_WARN`] more.
+/// `tls` for a certificate and key pair (`[listen] tls_cert`/`tls_key`): both readable by
+/// `acct` (the service user), the key the certificate's own, the certificate valid now and
+/// for [`EXPIRY_WARN`] more.
 pub fn tls_pair(acct: Option<&Account>, cert: &Path, key: &Path) -> Check {
     tls_pair_at(acct, cert, key, UnixTime::now())
 }

@@ -12,8 +12,7 @@
 //! given a key, the service's own view from `/api/status`), MQTT uses its own client id
 //! and a clean session, and the MongoDB write goes to a scratch collection that is dropped.
 //!
-//! Extension point: `[listen]` TLS files are checked by [`listen::tls_files`] once the
-//! listener has `tls_cert`/`tls_key`.
+//! `[listen] tls_cert`/`tls_key`, when set, are checked by [`listen::tls_files`].
 
 pub mod access;
 mod can;

@@ -11,6 +11,7 @@
 //! switches back to journal replay so it still gets every frame).
 
 use super::latency::LatencyHistogram;
+use super::socket::WriteHalf;
 use super::ws::Filters;
 use crate::sync::lock;
 use bytes::Bytes;
@@ -20,7 +21,6 @@ use std::io::{self, IoSlice};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::{CloseFrame, Frame};
@@ -131,7 +131,7 @@ pub struct DeliveryTotals {
 
 /// One client's socket and delivery state.
 pub struct Conn {
-    io: OwnedWriteHalf,
+    io: WriteHalf,
     state: Mutex<State>,
     /// Wakes the session: a backlog to drain, a mode change or a close request.
     pub wake: Notify,
@@ -146,11 +146,7 @@ pub struct Conn {
 impl Conn {
     /// A connection writing to `io`, live with no filters, counting its deliveries in
     /// `latency` and `totals` too (shared by all clients).
-    pub fn new(
-        io: OwnedWriteHalf,
-        latency: Arc<LatencyHistogram>,
-        totals: Arc<DeliveryTotals>,
-    ) -> Self {
+    pub fn new(io: WriteHalf, latency: Arc<LatencyHistogram>, totals: Arc<DeliveryTotals>) -> Self {
         Conn {
             io,
             state: Mutex::new(State {
@@ -467,7 +463,7 @@ mod tests {
             .expect("connect");
         let (peer, _) = l.accept().await.expect("accept");
         let (_rd, wr) = ours.into_split();
-        let conn = Conn::new(wr, Arc::default(), Arc::default());
+        let conn = Conn::new(wr.into(), Arc::default(), Arc::default());
         conn.state().mode = Mode::Live;
         (peer, conn)
     }

@@ -17,11 +17,13 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// How many recent frames seed the live status at start.
 const SEED_FRAMES: usize = 5_000;
+/// Most devices (and, apart, vehicles) whose live status the hub keeps; ids come from input
+/// (MQTT topic levels), so the least recently seen ones make room.
+pub const LIVE_MAX: usize = 10_000;
 /// Most frames the hub prepares before it publishes them.
 const BURST_MAX: usize = 256;
 /// Most bytes of encoded frames the hub prepares before it publishes them.
@@ -165,7 +167,6 @@ pub struct Hub {
     devices: Mutex<HashMap<String, DeviceLive>>,
     vehicles: Mutex<HashMap<String, VehicleLive>>,
     next_id: AtomicU64,
-    commands: CommandRoutes,
     /// Frames published to clients in this run.
     pub published: AtomicU64,
     /// Frames the hub itself missed (it fell behind the journal).
@@ -176,53 +177,36 @@ pub struct Hub {
     pub delivery: Arc<DeliveryTotals>,
 }
 
-/// Where commands for a device go: sources that can write to a device register here.
-#[derive(Clone, Default)]
-pub struct CommandRoutes(Arc<Mutex<HashMap<String, mpsc::Sender<serde_json::Value>>>>);
-
-impl CommandRoutes {
-    /// Route commands for `device` to `tx` (replacing an earlier route).
-    pub fn register(&self, device: &str, tx: mpsc::Sender<serde_json::Value>) {
-        lock(&self.0).insert(device.to_string(), tx);
-    }
-
-    /// Send a command; errors name why it could not be delivered.
-    pub fn send(&self, device: &str, payload: serde_json::Value) -> Result<(), String> {
-        let routes = lock(&self.0);
-        let tx = routes
-            .get(device)
-            .ok_or_else(|| format!("device {device:?} has no command route"))?;
-        tx.try_send(payload).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => {
-                format!("device {device:?} command queue is full")
-            }
-            mpsc::error::TrySendError::Closed(_) => format!("device {device:?} is not connected"),
-        })
-    }
-}
-
 /// Apply `f` to the entry for `key`, created on first sight (the key is only copied then).
-fn update<V: Default>(map: &mut HashMap<String, V>, key: &str, f: impl FnOnce(&mut V)) {
-    match map.get_mut(key) {
-        Some(v) => f(v),
-        None => f(map.entry(key.to_string()).or_default()),
+/// A new entry at [`LIVE_MAX`] first evicts the tenth whose last frames are oldest
+/// (`seq_of`): one pass per many new ids, not one per id.
+fn update<V: Default>(
+    map: &mut HashMap<String, V>,
+    key: &str,
+    seq_of: impl Fn(&V) -> u64,
+    f: impl FnOnce(&mut V),
+) {
+    if let Some(v) = map.get_mut(key) {
+        return f(v);
     }
+    if map.len() >= LIVE_MAX {
+        let mut seqs: Vec<u64> = map.values().map(&seq_of).collect();
+        let (_, cut, _) = seqs.select_nth_unstable(LIVE_MAX / 10);
+        let cut = *cut;
+        map.retain(|_, v| seq_of(v) > cut);
+    }
+    f(map.entry(key.to_string()).or_default())
 }
 
 impl Hub {
     /// Start the hub task following `journal` until `shutdown`.
-    pub fn spawn(
-        journal: &Journal,
-        commands: CommandRoutes,
-        shutdown: CancellationToken,
-    ) -> Arc<Hub> {
+    pub fn spawn(journal: &Journal, shutdown: CancellationToken) -> Arc<Hub> {
         let hub = Arc::new(Hub {
             clients: Mutex::default(),
             fanout: Mutex::new(Arc::new([])),
             devices: Mutex::default(),
             vehicles: Mutex::default(),
             next_id: AtomicU64::new(1),
-            commands,
             published: AtomicU64::new(0),
             hub_lagged: AtomicU64::new(0),
             relay_latency: Arc::default(),
@@ -304,7 +288,8 @@ impl Hub {
 
     /// Update live device/vehicle status from a frame.
     fn observe(&self, f: &Sighting<'_>) {
-        update(&mut lock(&self.devices), f.device, |e: &mut DeviceLive| {
+        let seq = |e: &DeviceLive| e.last_seq;
+        update(&mut lock(&self.devices), f.device, seq, |e| {
             e.last_seen_ms = e.last_seen_ms.max(f.ts_ms);
             e.last_seq = f.seq;
             if e.last_kind != f.kind {
@@ -313,7 +298,8 @@ impl Hub {
             e.frames += 1;
         });
         if let Some(v) = f.vehicle {
-            update(&mut lock(&self.vehicles), v, |e: &mut VehicleLive| {
+            let seq = |e: &VehicleLive| e.last_seq;
+            update(&mut lock(&self.vehicles), v, seq, |e| {
                 e.last_seen_ms = e.last_seen_ms.max(f.ts_ms);
                 e.last_seq = f.seq;
                 if f.position.is_some() {
@@ -332,11 +318,6 @@ impl Hub {
         for c in self.conns().iter() {
             c.broadcast(&wire);
         }
-    }
-
-    /// Deliver a command to the source that owns `device`.
-    pub fn route_command(&self, device: &str, payload: serde_json::Value) -> Result<(), String> {
-        self.commands.send(device, payload)
     }
 
     /// Register a client's connection (live frames start flowing to it); returns its id.
@@ -402,5 +383,38 @@ impl Hub {
     /// Ids of every device seen in frames.
     pub fn seen_devices(&self) -> Vec<String> {
         lock(&self.devices).keys().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn live_status_is_bounded_and_keeps_the_recent_ids() {
+        let mut map: HashMap<String, DeviceLive> = HashMap::new();
+        let n = LIVE_MAX as u64 * 3;
+        for seq in 1..=n {
+            update(
+                &mut map,
+                &format!("dev-{seq}"),
+                |e| e.last_seq,
+                |e| {
+                    e.last_seq = seq;
+                },
+            );
+            assert!(map.len() <= LIVE_MAX);
+        }
+        assert!(map.contains_key(&format!("dev-{n}")));
+        assert!(!map.contains_key("dev-1"));
+        // An id seen again is updated in place, nothing evicted.
+        let len = map.len();
+        update(
+            &mut map,
+            &format!("dev-{n}"),
+            |e| e.last_seq,
+            |e| e.frames += 1,
+        );
+        assert_eq!(map.len(), len);
     }
 }

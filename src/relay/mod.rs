@@ -11,6 +11,7 @@
 pub mod conn;
 pub mod hub;
 pub mod latency;
+pub mod socket;
 pub mod ws;
 
 use serde::Serialize;

@@ -9,8 +9,10 @@
 
 use super::conn::{close_frame, text_frame, Conn, Mode, Stuck};
 use super::hub::{ClientInfo, Hub, LiveFrame};
+use super::socket::{self, ReadHalf};
 use super::tmd;
 use crate::auth::{KeyInfo, Scope};
+use crate::command::{CommandRoutes, RouteError};
 use crate::frame::Frame;
 use crate::journal::Journal;
 use bytes::Bytes;
@@ -23,8 +25,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::tcp::OwnedReadHalf;
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
@@ -54,6 +54,8 @@ pub struct SessionCtx {
     pub journal: Journal,
     /// The live hub.
     pub hub: Arc<Hub>,
+    /// Where `command`s go.
+    pub commands: CommandRoutes,
     /// Fires on shutdown.
     pub shutdown: CancellationToken,
 }
@@ -85,10 +87,10 @@ impl Filters {
     }
 }
 
-/// A client message: the TMD envelope.
+/// A client message's TMD envelope: its type and the still unparsed `data`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Incoming {
+pub struct Incoming {
     #[serde(rename = "type")]
     kind: String,
     #[serde(default)]
@@ -97,12 +99,15 @@ struct Incoming {
     data: Value,
 }
 
-/// A command for a device.
+/// A command for a device (`source` picks one when several sources route the device).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Command {
     /// The device it is for.
     pub device: String,
+    /// The source to route it through, when several sources route the device.
+    #[serde(default)]
+    pub source: Option<String>,
     /// What to write to it.
     #[serde(default)]
     pub payload: Value,
@@ -129,30 +134,53 @@ pub enum ClientMessage {
 
 /// Parses one client text message; the error is the text of the `error` reply.
 pub fn parse_client_message(text: &str) -> Result<ClientMessage, String> {
-    let parsed: Incoming = serde_json::from_str(text).map_err(|e| format!("bad message: {e}"))?;
-    let _ = parsed.message;
-    match parsed.kind.as_str() {
-        "ping" => Ok(ClientMessage::Ping(parsed.data)),
-        "subscribe" => {
-            let data = if parsed.data.is_null() {
-                json!({})
-            } else {
-                parsed.data
-            };
-            serde_json::from_value(data)
-                .map(ClientMessage::Subscribe)
-                .map_err(|e| format!("bad subscribe: {e}"))
+    Incoming::parse(text)?.into_message()
+}
+
+impl Incoming {
+    /// Parses the envelope of one client text message (its `data` is parsed by
+    /// [`Incoming::into_message`], once the sender's scope allows the type).
+    pub fn parse(text: &str) -> Result<Incoming, String> {
+        serde_json::from_str(text).map_err(|e| format!("bad message: {e}"))
+    }
+
+    /// The scope a key needs to send this type, beyond `read`.
+    pub fn needs(&self) -> Option<Scope> {
+        match self.kind.as_str() {
+            "broadcast" => Some(Scope::Publish),
+            "command" => Some(Scope::Control),
+            _ => None,
         }
-        "unsubscribe" => Ok(ClientMessage::Unsubscribe),
-        "broadcast" => Ok(ClientMessage::Broadcast(parsed.data)),
-        "command" => {
-            let mut cmd: Command =
-                serde_json::from_value(parsed.data).map_err(|e| format!("bad command: {e}"))?;
-            cmd.payload = crate::source::can::command::routed_payload(cmd.payload, cmd.can.take())
-                .map_err(|e| format!("bad command: {e}"))?;
-            Ok(ClientMessage::Command(cmd))
+    }
+
+    /// The message its type names, with `data` parsed for it.
+    pub fn into_message(self) -> Result<ClientMessage, String> {
+        let parsed = self;
+        let _ = parsed.message;
+        match parsed.kind.as_str() {
+            "ping" => Ok(ClientMessage::Ping(parsed.data)),
+            "subscribe" => {
+                let data = if parsed.data.is_null() {
+                    json!({})
+                } else {
+                    parsed.data
+                };
+                serde_json::from_value(data)
+                    .map(ClientMessage::Subscribe)
+                    .map_err(|e| format!("bad subscribe: {e}"))
+            }
+            "unsubscribe" => Ok(ClientMessage::Unsubscribe),
+            "broadcast" => Ok(ClientMessage::Broadcast(parsed.data)),
+            "command" => {
+                let mut cmd: Command =
+                    serde_json::from_value(parsed.data).map_err(|e| format!("bad command: {e}"))?;
+                cmd.payload =
+                    crate::source::can::command::routed_payload(cmd.payload, cmd.can.take())
+                        .map_err(|e| format!("bad command: {e}"))?;
+                Ok(ClientMessage::Command(cmd))
+            }
+            other => Err(format!("unknown message type {other:?}")),
         }
-        other => Err(format!("unknown message type {other:?}")),
     }
 }
 
@@ -176,7 +204,7 @@ impl From<Stuck> for End {
 /// what the WebSocket layer writes by itself (pongs, the close reply) joins the `Conn`'s
 /// queue, in order with everything else.
 struct ReadSide {
-    rd: OwnedReadHalf,
+    rd: ReadHalf,
     conn: Arc<Conn>,
 }
 
@@ -222,7 +250,13 @@ struct Session {
 
 /// Run a session on an upgraded connection (`read_buf`: bytes already read past the
 /// handshake) until the client leaves or the gateway stops.
-pub async fn run(io: TcpStream, read_buf: Bytes, ctx: SessionCtx, key: KeyInfo, info: ClientInfo) {
+pub async fn run(
+    io: socket::Socket,
+    read_buf: Bytes,
+    ctx: SessionCtx,
+    key: KeyInfo,
+    info: ClientInfo,
+) {
     let name = info.name.clone();
     let addr = info.address;
     let (rd, wr) = io.into_split();
@@ -424,7 +458,17 @@ impl Session {
                     .await
             }
         };
-        let parsed = match parse_client_message(&text) {
+        // The scope first: a key that may not send this type learns only that, whatever
+        // its data holds.
+        let envelope = match Incoming::parse(&text) {
+            Ok(m) => m,
+            Err(e) => return self.error(&e).await,
+        };
+        if let Some(scope) = envelope.needs().filter(|s| !self.key.allows(*s)) {
+            let what = format!("{} needs the {scope} scope", envelope.kind);
+            return self.error(&what).await;
+        }
+        let parsed = match envelope.into_message() {
             Ok(m) => m,
             Err(e) => return self.error(&e).await,
         };
@@ -453,9 +497,6 @@ impl Session {
                 self.reply_with(reply, |st| st.mode = Mode::Off).await
             }
             ClientMessage::Broadcast(data) => {
-                if !self.key.allows(Scope::Publish) {
-                    return self.error("broadcast needs the publish scope").await;
-                }
                 let msg = tmd(
                     "broadcast",
                     "broadcast",
@@ -465,36 +506,48 @@ impl Session {
                 Ok(())
             }
             ClientMessage::Command(cmd) => {
-                if !self.key.allows(Scope::Control) {
-                    return self.error("command needs the control scope").await;
-                }
                 let reply = self.command(cmd);
                 self.reply(reply).await
             }
         }
     }
 
-    /// Route a command to its device and audit it in the log and the journal.
+    /// Route a command to its device and audit it in the log and the journal (refusals
+    /// too, except for a device id that is not a valid id: nothing is journaled under it).
     fn command(&self, cmd: Command) -> String {
-        let routed = self.ctx.hub.route_command(&cmd.device, cmd.payload.clone());
+        let routed =
+            self.ctx
+                .commands
+                .send(cmd.source.as_deref(), &cmd.device, cmd.payload.clone());
+        if let Err(e @ RouteError::BadId(_)) = &routed {
+            tracing::debug!(by = %self.key.name, "command for an invalid device id refused");
+            return tmd("error", &e.to_string(), Value::Null);
+        }
+        let error = routed.as_ref().err().map(ToString::to_string);
+        let source = routed.as_ref().ok().or(cmd.source.as_ref());
         let mut audit = Frame::new(
             &self.ctx.gateway,
             "api:ws",
             &cmd.device,
             "command",
             json!({"by": self.key.name, "key_id": self.key.id, "payload": cmd.payload,
-                   "routed": routed.is_ok(), "error": routed.as_ref().err()}),
+                   "source": source, "routed": routed.is_ok(), "error": error}),
         );
         audit.vehicle = None;
         let seq = self.ctx.journal.append(audit).ok();
-        tracing::info!(device = %cmd.device, by = %self.key.name, ?seq, routed = routed.is_ok(), "command audited");
+        tracing::info!(device = %cmd.device, source = ?source, by = %self.key.name, ?seq,
+            routed = routed.is_ok(), "command audited");
         match routed {
-            Ok(()) => tmd(
+            Ok(source) => tmd(
                 "command",
                 "sent",
+                json!({"device": cmd.device, "source": source, "audit_seq": seq}),
+            ),
+            Err(e) => tmd(
+                "error",
+                &e.to_string(),
                 json!({"device": cmd.device, "audit_seq": seq}),
             ),
-            Err(e) => tmd("error", &e, json!({"device": cmd.device, "audit_seq": seq})),
         }
     }
 }

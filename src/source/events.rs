@@ -20,6 +20,7 @@ const LOG_EVERY: Duration = Duration::from_secs(10);
 /// Rate limiter for one source's input-triggered log lines.
 #[derive(Debug)]
 pub struct LogLimit {
+    first: u32,
     logged: u32,
     last: Option<Instant>,
     suppressed: BTreeMap<&'static str, u64>,
@@ -34,7 +35,13 @@ impl Default for LogLimit {
 impl LogLimit {
     /// A limiter that has logged nothing yet.
     pub fn new() -> Self {
+        LogLimit::logging_first(LOG_FIRST)
+    }
+
+    /// A limiter that logs the first `first` occurrences in full (then summaries).
+    pub fn logging_first(first: u32) -> Self {
         LogLimit {
+            first,
             logged: 0,
             last: None,
             suppressed: BTreeMap::new(),
@@ -44,7 +51,7 @@ impl LogLimit {
     /// Whether an occurrence of `reason` may be logged now; if not, it is tallied for the
     /// next summary.
     pub(crate) fn admit(&mut self, reason: &'static str) -> bool {
-        if self.logged < LOG_FIRST {
+        if self.logged < self.first {
             self.logged += 1;
             self.last = Some(Instant::now());
             return true;

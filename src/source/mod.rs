@@ -35,7 +35,7 @@ pub struct SourceCtx {
     /// Fires on shutdown; the task returns soon after.
     pub shutdown: CancellationToken,
     /// Where a source that can write to its devices registers them for `command`s.
-    pub commands: crate::relay::hub::CommandRoutes,
+    pub commands: crate::command::CommandRoutes,
 }
 
 /// `[sources]`: every configured source, by kind.
@@ -81,8 +81,52 @@ impl SourcesConfig {
         out
     }
 
+    /// Every device a configured source owns, as `(key path, source name, device id,
+    /// whether the source takes commands)`: they are claimed for their source at start
+    /// (see [`crate::command`]).
+    pub fn owned_devices(&self) -> Vec<(String, String, String, bool)> {
+        let mut out = Vec::new();
+        for (i, s) in self.serial.iter().enumerate() {
+            let key = format!("sources.serial[{i}].device");
+            out.push((key, s.name.clone(), s.device.clone(), true));
+        }
+        for (i, s) in self.obd.iter().enumerate() {
+            let device = s.device.clone().unwrap_or_else(|| s.name.clone());
+            out.push((
+                format!("sources.obd[{i}].device"),
+                s.name.clone(),
+                device,
+                false,
+            ));
+        }
+        for (i, s) in self.can.iter().enumerate() {
+            let key = format!("sources.can[{i}].device");
+            out.push((key, s.name.clone(), s.device().to_string(), s.writable));
+        }
+        for (i, s) in self.sim.iter().enumerate() {
+            // In pty mode its devices are read by serial and OBD sources, which own them.
+            if s.mode == sim::SimMode::Direct {
+                for d in ["gps", "obd"] {
+                    let key = format!("sources.sim[{i}].name");
+                    out.push((key, s.name.clone(), format!("{}-{d}", s.name), false));
+                }
+            }
+        }
+        out
+    }
+
     /// Per-source checks.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut owners: BTreeMap<&str, &str> = BTreeMap::new();
+        let owned = self.owned_devices();
+        for (key, source, device, _) in &owned {
+            if let Some(other) = owners.insert(device, source) {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!("device {device:?} is already the device of source {other:?}; a device belongs to one source"),
+                ));
+            }
+        }
         for (i, s) in self.serial.iter().enumerate() {
             s.validate(&format!("sources.serial[{i}]"))?;
         }
@@ -96,6 +140,37 @@ impl SourcesConfig {
             s.validate(&format!("sources.can[{i}]"))?;
         }
         Ok(())
+    }
+}
+
+/// A per-source bound on distinct device ids: ids chosen by input (MQTT topic levels) must
+/// not grow the gateway's state without end. Frames of devices beyond it are rejected and
+/// counted (`too_many_devices`), never journaled.
+#[derive(Debug)]
+pub struct DeviceCap {
+    seen: std::collections::HashSet<String>,
+    max: usize,
+}
+
+impl DeviceCap {
+    /// A cap of `max` distinct devices.
+    pub fn new(max: usize) -> Self {
+        DeviceCap {
+            seen: Default::default(),
+            max,
+        }
+    }
+
+    /// Whether a frame of `device` may be journaled (a new device counts against the cap).
+    pub fn admit(&mut self, device: &str) -> bool {
+        if self.seen.contains(device) {
+            return true;
+        }
+        if self.seen.len() >= self.max {
+            return false;
+        }
+        self.seen.insert(device.to_string());
+        true
     }
 }
 

@@ -14,6 +14,7 @@
 //! owed fill the broker's in-flight window it asks the journal to commit at once.
 
 mod ack;
+mod command;
 mod pause;
 mod sys;
 mod task;
@@ -62,6 +63,14 @@ pub struct MqttConfig {
     /// Where WebSocket `command`s for a device seen on this broker are published (QoS1),
     /// e.g. `fleet/{vehicle}/{device}/cmd`; absent = devices here take no commands.
     pub command_topic: Option<String>,
+    /// Devices that take commands through `command_topic`: ids, or patterns where `*`
+    /// stands for any characters (`["pump1", "valve-*"]`). Required with `command_topic`.
+    #[serde(default)]
+    pub command_devices: Vec<String>,
+    /// Most distinct device ids this source journals frames for; frames of further devices
+    /// are rejected and counted as `too_many_devices`.
+    #[serde(default = "default_max_devices")]
+    pub max_devices: Positive,
     /// The broker's in-flight window for QoS1 messages to us (mosquitto's
     /// `max_inflight_messages`, default 20). Once this many PUBACKs are owed the journal
     /// commits at once instead of waiting out `flush_ms`: the broker sends nothing more
@@ -93,6 +102,9 @@ fn default_max_packet() -> ByteSize {
 }
 fn default_keep_alive() -> Positive {
     Positive(30)
+}
+fn default_max_devices() -> Positive {
+    Positive(1000)
 }
 fn default_qos() -> u8 {
     1
@@ -174,6 +186,55 @@ impl MqttConfig {
                     format!("expected a topic with a {{device}} placeholder and no wildcards, got {t:?}"),
                 ));
             }
+            if self.command_devices.is_empty() {
+                return Err(ConfigError::invalid(
+                    format!("{key}.command_devices"),
+                    "expected the devices that take commands (ids or patterns such as \"valve-*\") next to command_topic",
+                ));
+            }
+        } else if !self.command_devices.is_empty() {
+            return Err(ConfigError::invalid(
+                format!("{key}.command_devices"),
+                "only meaningful with a command_topic",
+            ));
+        }
+        for (i, d) in self.command_devices.iter().enumerate() {
+            if !crate::config::valid_id(&d.replace('*', "x")) {
+                return Err(ConfigError::invalid(
+                    format!("{key}.command_devices[{i}]"),
+                    format!(
+                        "expected a device id or a pattern of A-Z a-z 0-9 . _ - and *, got {d:?}"
+                    ),
+                ));
+            }
+        }
+        if self.max_devices.0 > 1_000_000 {
+            return Err(ConfigError::invalid(
+                format!("{key}.max_devices"),
+                format!("expected at most 1000000, got {}", self.max_devices.0),
+            ));
+        }
+        let id_rule = "1-64 characters of A-Z a-z 0-9 . _ -";
+        if self
+            .subscriptions
+            .iter()
+            .any(|s| !s.topic.contains("{device}"))
+            && !crate::config::valid_id(&self.name)
+        {
+            return Err(ConfigError::invalid(
+                format!("{key}.name"),
+                format!("expected {id_rule} (it is the device id of frames whose topic has no {{device}}), got {:?}", self.name),
+            ));
+        }
+        if let Some(v) = self
+            .vehicle
+            .as_deref()
+            .filter(|v| !crate::config::valid_id(v))
+        {
+            return Err(ConfigError::invalid(
+                format!("{key}.vehicle"),
+                format!("expected {id_rule}, got {v:?}"),
+            ));
         }
         if self.ca_file.is_some() && !self.url.starts_with("mqtts://") {
             return Err(ConfigError::invalid(
@@ -254,5 +315,18 @@ mod tests {
         c.client_id.clear();
         let e = c.validate("k").expect_err("client id");
         assert!(e.to_string().starts_with("k.client_id"));
+        let mut c = sample("a/{device}");
+        c.command_topic = Some("a/{device}/cmd".into());
+        let e = c.validate("k").expect_err("no allow-list");
+        assert!(e.to_string().starts_with("k.command_devices:"), "{e}");
+        c.command_devices = vec!["pump1".into(), "valve-*".into()];
+        assert!(c.validate("k").is_ok());
+        c.command_devices.push("a/b".into());
+        let e = c.validate("k").expect_err("bad pattern");
+        assert!(e.to_string().starts_with("k.command_devices[2]"), "{e}");
+        c.command_topic = None;
+        c.command_devices.truncate(1);
+        let e = c.validate("k").expect_err("allow-list without topic");
+        assert!(e.to_string().starts_with("k.command_devices:"), "{e}");
     }
 }

@@ -164,7 +164,9 @@ async fn read_port(
     let mut batch: Vec<Frame> = Vec::new();
     // `command`s for this device are written to the port while it is open.
     let (cmd_tx, mut commands) = tokio::sync::mpsc::channel(COMMAND_QUEUE);
-    ctx.commands.register(&cfg.device, cmd_tx);
+    if let Err(e) = ctx.commands.register(&cfg.name, &cfg.device, cmd_tx) {
+        tracing::error!(error = %e, "the port's device takes no commands");
+    }
     let mut beat = super::beat_interval();
     loop {
         let mut item = tokio::select! {
@@ -175,7 +177,7 @@ async fn read_port(
                 continue;
             }
             Some(cmd) = commands.recv() => {
-                match command_bytes(cfg.framing, &cmd) {
+                match command_bytes(cfg.framing, &cmd.payload) {
                     Ok(bytes) => {
                         if let Err(e) = writer.write_all(&bytes).await {
                             return Ended::Lost(e);

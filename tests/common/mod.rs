@@ -19,6 +19,15 @@ pub fn bin() -> String {
     std::env::var("FIELDGATE_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_fieldgate").into())
 }
 
+/// A two-worker runtime for a test's async part.
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("rt")
+}
+
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -94,7 +103,38 @@ impl Gateway {
         )
     }
 
+    /// `fieldgate run --config FILE` whose listener serves TLS: ready once it accepts TCP
+    /// (the test speaks HTTPS to it with its own trust).
+    pub fn run_tls(config: &Path, port: u16, key: &str, logs_in: &Path) -> Gateway {
+        let cfg = config.to_string_lossy().to_string();
+        let args = ["run", "--config", &cfg];
+        let gw = Gateway::start(&args, port, key.to_string(), logs_in, &[]);
+        let t0 = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "gateway did not listen; log:\n{}",
+                gw.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        gw
+    }
+
     fn spawn(
+        args: &[&str],
+        port: u16,
+        key: String,
+        logs_in: &Path,
+        env: &[(&str, &str)],
+    ) -> Gateway {
+        let gw = Gateway::start(args, port, key, logs_in, env);
+        gw.wait_ready();
+        gw
+    }
+
+    /// Start the binary, its stderr in `logs_in`, without waiting for it.
+    fn start(
         args: &[&str],
         port: u16,
         key: String,
@@ -112,14 +152,12 @@ impl Gateway {
             .stderr(err)
             .spawn()
             .expect("spawn fieldgate");
-        let gw = Gateway {
+        Gateway {
             child,
             port,
             key,
             stderr_log,
-        };
-        gw.wait_ready();
-        gw
+        }
     }
 
     /// Block until `GET /healthz` answers 200 (or panic after 20 s with the log).
@@ -269,24 +307,6 @@ pub fn run_cli_as_nobody(args: &[&str]) -> (i32, String, String) {
     )
 }
 
-/// Blocking GET with an API key returning (status, body text), e.g. for `/metrics`.
-pub fn http_text(url: &str, key: &str) -> (u16, String) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("rt");
-    rt.block_on(async {
-        let r = reqwest::Client::new()
-            .get(url)
-            .header("x-api-key", key)
-            .timeout(Duration::from_secs(10))
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("GET {url}: {e}"));
-        (r.status().as_u16(), r.text().await.unwrap_or_default())
-    })
-}
-
 /// Run the binary to completion; returns (exit code, stdout, stderr).
 pub fn run_cli(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(bin())
@@ -311,10 +331,15 @@ pub struct Keys {
 
 /// A `fieldgate run` with a simulated vehicle (`interval_ms`) and one key per scope.
 pub fn keyed_gateway(dir: &Path, interval_ms: u64) -> (Gateway, Keys) {
+    keyed_gateway_with(dir, interval_ms, "")
+}
+
+/// [`keyed_gateway`] with more `[listen]` lines (limits, TLS, CORS).
+pub fn keyed_gateway_with(dir: &Path, interval_ms: u64, listen: &str) -> (Gateway, Keys) {
     let port = free_port();
     let cfg = dir.join("gateway.toml");
     let text = format!(
-        "[gateway]\nid = \"gw-test\"\n[journal]\npath = \"{}\"\nflush_ms = 5\n[listen]\naddress = \"127.0.0.1:{port}\"\n[[sources.sim]]\nname = \"sim\"\nvehicle = \"van-1\"\ninterval_ms = {interval_ms}\n",
+        "[gateway]\nid = \"gw-test\"\n[journal]\npath = \"{}\"\nflush_ms = 5\n[listen]\naddress = \"127.0.0.1:{port}\"\n{listen}\n[[sources.sim]]\nname = \"sim\"\nvehicle = \"van-1\"\ninterval_ms = {interval_ms}\n",
         dir.join("journal").display()
     );
     std::fs::write(&cfg, text).expect("write config");
@@ -378,6 +403,40 @@ pub async fn http_async(
         code,
         serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
     )
+}
+
+/// Blocking request with extra headers; returns (status, headers, body text).
+pub fn http_full(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> (u16, reqwest::header::HeaderMap, String) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    rt.block_on(async {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut req = reqwest::Client::new()
+            .request(m, url)
+            .timeout(Duration::from_secs(10));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = req
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+        let code = resp.status().as_u16();
+        let h = resp.headers().clone();
+        (code, h, resp.text().await.unwrap_or_default())
+    })
+}
+
+/// Blocking GET with a key; returns (status, body text).
+pub fn http_text(url: &str, key: &str) -> (u16, String) {
+    let (code, _, body) = http_full("GET", url, &[("x-api-key", key)]);
+    (code, body)
 }
 
 /// A WebSocket client connection.

@@ -120,7 +120,9 @@ async fn read_bus(
     // Commands for this device reach the bus while it is open (and only if writable).
     let (cmd_tx, mut commands) = tokio::sync::mpsc::channel(COMMAND_QUEUE);
     if cfg.writable {
-        ctx.commands.register(cfg.device(), cmd_tx);
+        if let Err(e) = ctx.commands.register(&cfg.name, cfg.device(), cmd_tx) {
+            tracing::error!(error = %e, "the bus's device takes no commands");
+        }
     } else {
         drop(cmd_tx);
     }
@@ -139,7 +141,7 @@ async fn read_bus(
                 continue;
             }
             Some(cmd) = commands.recv() => {
-                if let Err(e) = transmit(cfg, &mut link, &cmd).await {
+                if let Err(e) = transmit(cfg, &mut link, &cmd.payload).await {
                     return Ended::Lost(e);
                 }
                 continue;

@@ -5,18 +5,19 @@
 //! queue is a state too (`paused`, see `pause`).
 
 use super::ack::{self, AckBatch, Generation};
+use super::command::Commands;
 use super::topic::{decode_payload, Reject, TopicPattern};
 use super::{parse_url, tls, MqttConfig};
 use super::{pause, sys};
 use crate::frame::Frame;
 use crate::journal::{Journal, JournalError};
-use crate::source::{SourceCtx, SourceSlot};
+use crate::source::{DeviceCap, SourceCtx, SourceSlot};
 use rumqttc::mqttbytes::Error as PacketError;
 use rumqttc::{
     AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Outgoing, Packet, PubAck, Publish,
     QoS, Request, StateError, Subscribe, SubscribeFilter, SubscribeReasonCode, Transport,
 };
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -36,6 +37,8 @@ const BATCH_MAX: usize = 512;
 const BATCH_BYTES: usize = 256 << 10;
 /// Bytes of MQTT framing allowed on top of `max_frame` (topic, header).
 const PACKET_OVERHEAD: u64 = 64 << 10;
+/// Characters of a rejected topic shown in the log and the source's `last_error`.
+const TOPIC_SHOWN: usize = 120;
 /// At most one log line per reject reason per this interval.
 const REJECT_LOG_EVERY: Duration = Duration::from_secs(10);
 /// How long shutdown waits for owed acks to be written.
@@ -107,38 +110,6 @@ pub(crate) fn filters(cfg: &MqttConfig, patterns: &[TopicPattern]) -> Vec<Subscr
         .collect()
 }
 
-/// Make `command`s for the frame's device publish to its command topic on this broker.
-fn route_commands(
-    pattern: &str,
-    f: &Frame,
-    client: &AsyncClient,
-    commands: &crate::relay::hub::CommandRoutes,
-) {
-    let topic = pattern
-        .replace("{device}", &f.device)
-        .replace("{vehicle}", f.vehicle.as_deref().unwrap_or("_"))
-        .replace("{kind}", "cmd");
-    let (tx, mut rx) = mpsc::channel::<serde_json::Value>(16);
-    commands.register(&f.device, tx);
-    let client = client.clone();
-    let device = f.device.clone();
-    tokio::spawn(
-        async move {
-            while let Some(cmd) = rx.recv().await {
-                let body = match cmd {
-                    serde_json::Value::String(s) => s,
-                    other => other.to_string(),
-                };
-                match client.publish(&topic, QoS::AtLeastOnce, false, body).await {
-                    Ok(()) => tracing::info!(%device, %topic, "command published"),
-                    Err(e) => tracing::warn!(%device, error = %e, "command not published"),
-                }
-            }
-        }
-        .in_current_span(),
-    );
-}
-
 /// Rate-limited log state for one reject reason.
 #[derive(Default)]
 struct RejectLog {
@@ -168,6 +139,10 @@ struct Source {
     patterns: Vec<TopicPattern>,
     options: MqttOptions,
     reject_logs: BTreeMap<Reject, RejectLog>,
+    /// Distinct devices journaled, up to `max_devices`.
+    devices: DeviceCap,
+    /// Devices other (configured) sources own: never journaled from here.
+    foreign: HashSet<String>,
 }
 
 impl Source {
@@ -181,6 +156,8 @@ impl Source {
             "MQTT source starting"
         );
         Ok(Source {
+            devices: DeviceCap::new(usize::try_from(cfg.max_devices.0).unwrap_or(usize::MAX)),
+            foreign: ctx.commands.claimed_by_others(&cfg.name),
             cfg,
             patterns,
             options: o,
@@ -203,7 +180,7 @@ impl Source {
             journal,
             slot,
             shutdown,
-            commands,
+            commands: routes,
         } = ctx;
         let (client, mut eventloop) = AsyncClient::new(self.options.clone(), REQUEST_CAP);
         // Acks and commands are tiny packets: without TCP_NODELAY, Nagle holds a PUBACK back
@@ -211,7 +188,13 @@ impl Source {
         let mut net = rumqttc::NetworkOptions::new();
         net.set_tcp_nodelay(true);
         eventloop.set_network_options(net);
-        let mut routed = std::collections::HashSet::new();
+        let mut commands = Commands::start(
+            &self.cfg.name,
+            self.cfg.command_topic.as_deref(),
+            &self.cfg.command_devices,
+            &client,
+            &routes,
+        );
         let generation = Generation::default();
         // Unbounded on purpose: the ack task needs this loop to keep polling (the event loop
         // is what drains rumqttc's request channel), so this loop must never wait for it.
@@ -253,12 +236,9 @@ impl Source {
             };
             match ev {
                 Ok(Event::Incoming(Packet::Publish(p))) => {
-                    self.on_publish(p, &gateway, &slot, &mut pending);
-                    if let (Some(pattern), Some(f)) =
-                        (&self.cfg.command_topic, pending.frames.last())
-                    {
-                        if routed.insert(f.device.clone()) {
-                            route_commands(pattern, f, &client, &commands);
+                    if self.on_publish(p, &gateway, &slot, &mut pending) {
+                        if let (Some(c), Some(f)) = (&mut commands, pending.frames.last()) {
+                            c.seen(f);
                         }
                     }
                 }
@@ -448,13 +428,20 @@ impl Source {
         slot.set_state("waiting", Some(msg));
     }
 
-    /// Turn one publish into a frame (or a counted rejection) and note the ack it is owed.
-    fn on_publish(&mut self, p: Publish, gateway: &str, slot: &SourceSlot, pending: &mut Pending) {
+    /// Turn one publish into a frame (or a counted rejection) and note the ack it is owed;
+    /// true if it became a frame.
+    fn on_publish(
+        &mut self,
+        p: Publish,
+        gateway: &str,
+        slot: &SourceSlot,
+        pending: &mut Pending,
+    ) -> bool {
         if p.qos != QoS::AtMostOnce {
             pending.pkids.push(p.pkid);
         }
         if self.cfg.broker_stats && sys::take(&p.topic, &p.payload, slot) {
-            return;
+            return false;
         }
         let Some(ids) = self
             .patterns
@@ -462,16 +449,27 @@ impl Source {
             .find_map(|pat| pat.match_topic(&p.topic))
         else {
             self.reject(Reject::WrongTopic, &p, slot);
-            return;
+            return false;
         };
-        let (payload, default_kind) = match decode_payload(&p.payload, self.max_frame()) {
+        let (payload, default_kind) = match ids
+            .check()
+            .and_then(|()| decode_payload(&p.payload, self.max_frame()))
+        {
             Ok(v) => v,
             Err(r) => {
                 self.reject(r, &p, slot);
-                return;
+                return false;
             }
         };
         let device = ids.device.unwrap_or_else(|| self.cfg.name.clone());
+        if self.foreign.contains(&device) {
+            self.reject(Reject::ForeignDevice, &p, slot);
+            return false;
+        }
+        if !self.devices.admit(&device) {
+            self.reject(Reject::TooManyDevices, &p, slot);
+            return false;
+        }
         let kind = ids.kind.unwrap_or_else(|| default_kind.to_string());
         let mut frame = Frame::new(
             gateway,
@@ -483,6 +481,7 @@ impl Source {
         frame.vehicle = ids.vehicle.or_else(|| self.cfg.vehicle.clone());
         pending.bytes += p.payload.len();
         pending.frames.push(frame);
+        true
     }
 
     fn max_frame(&self) -> usize {
@@ -497,9 +496,15 @@ impl Source {
             log.suppressed += 1;
             return;
         }
+        // The topic is input: escaped and cut short wherever it is shown.
+        let topic: String = p.topic.chars().take(TOPIC_SHOWN).collect();
+        slot.set_state(
+            "running",
+            Some(format!("rejected {}: topic {topic:?}", r.reason())),
+        );
         tracing::warn!(
             reason = r.reason(),
-            topic = %p.topic,
+            topic = ?topic,
             bytes = p.payload.len(),
             max_frame = self.cfg.max_frame.0,
             suppressed_since_last = log.suppressed,

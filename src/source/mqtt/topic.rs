@@ -126,6 +126,25 @@ impl TopicPattern {
     }
 }
 
+impl TopicIds {
+    /// The ids a topic filled in must be ids like configured ones ([`crate::config::valid_id`]:
+    /// 1-64 characters of `A-Z a-z 0-9 . _ -`): they become journal keys, BSON values,
+    /// command topics and dashboard text.
+    pub fn check(&self) -> Result<(), Reject> {
+        let bad = |v: &Option<String>| v.as_deref().is_some_and(|v| !crate::config::valid_id(v));
+        if bad(&self.vehicle) {
+            return Err(Reject::BadVehicle);
+        }
+        if bad(&self.device) {
+            return Err(Reject::BadDevice);
+        }
+        if bad(&self.kind) {
+            return Err(Reject::BadKind);
+        }
+        Ok(())
+    }
+}
+
 /// Why a message was rejected; the string is the `reason` label of the counter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Reject {
@@ -135,6 +154,16 @@ pub enum Reject {
     Empty,
     /// Payload longer than `max_frame`.
     TooLong,
+    /// The `{vehicle}` level is not a valid id.
+    BadVehicle,
+    /// The `{device}` level is not a valid id.
+    BadDevice,
+    /// The `{kind}` level is not a valid id.
+    BadKind,
+    /// The device belongs to another (configured) source.
+    ForeignDevice,
+    /// A new device beyond the source's `max_devices`.
+    TooManyDevices,
 }
 
 impl Reject {
@@ -144,6 +173,11 @@ impl Reject {
             Reject::WrongTopic => "wrong_topic",
             Reject::Empty => "empty",
             Reject::TooLong => "too_long",
+            Reject::BadVehicle => "bad_vehicle_id",
+            Reject::BadDevice => "bad_device_id",
+            Reject::BadKind => "bad_kind",
+            Reject::ForeignDevice => "foreign_device",
+            Reject::TooManyDevices => "too_many_devices",
         }
     }
 }
@@ -200,6 +234,25 @@ mod tests {
         assert!(lit.match_topic("plant/line2/x").is_none());
         let ids = lit.match_topic("plant/line1/x").expect("match");
         assert_eq!((ids.vehicle, ids.kind), (None, None));
+    }
+
+    #[test]
+    fn ids_from_topic_levels_must_be_valid_ids() {
+        let p = TopicPattern::parse("fleet/{vehicle}/{device}/{kind}").expect("parse");
+        let check = |t: &str| p.match_topic(t).expect("shape matches").check();
+        assert_eq!(check("fleet/van-7/gps0/gps"), Ok(()));
+        assert_eq!(
+            check("fleet/<img src=x onerror=alert(1)>/gps9/gps"),
+            Err(Reject::BadVehicle)
+        );
+        assert_eq!(check("fleet/van/dev ice/gps"), Err(Reject::BadDevice));
+        assert_eq!(check("fleet/van/gps0/k\u{0}"), Err(Reject::BadKind));
+        let long = "d".repeat(65);
+        assert_eq!(
+            check(&format!("fleet/van/{long}/gps")),
+            Err(Reject::BadDevice)
+        );
+        assert_eq!(check("fleet/van/gps0/\u{e9}t\u{e9}"), Err(Reject::BadKind));
     }
 
     #[test]
