@@ -36,6 +36,11 @@ pub struct Profile {
     pub slow_phase: Duration,
     /// Pairs of (without, with) stalled clients.
     pub slow_rounds: u32,
+    /// Whether the readers' p99 must stay within 10 % (full profile). The CI profile's one
+    /// short round only reports it: on a shared 2-core box the p99 of identical phases
+    /// swings by more than that (docs/reliability.md), and a timing figure is a
+    /// measurement, not a gate; lagged readers, stalled clients and ingest are checked.
+    pub slow_p99_gate: bool,
     /// Power cuts.
     pub power_cuts: u32,
 }
@@ -54,6 +59,7 @@ impl Profile {
                 disk_full: Duration::from_secs(10),
                 slow_phase: Duration::from_secs(20),
                 slow_rounds: 1,
+                slow_p99_gate: false,
                 power_cuts: 3,
             }),
             "full" => Some(Profile {
@@ -66,6 +72,7 @@ impl Profile {
                 disk_full: Duration::from_secs(60),
                 slow_phase: Duration::from_secs(30),
                 slow_rounds: 3,
+                slow_p99_gate: true,
                 power_cuts: 20,
             }),
             _ => None,
