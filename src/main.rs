@@ -207,7 +207,6 @@ fn demo_config(listen: SocketAddr, data: PathBuf, direct: bool) -> Config {
     if let Err(e) = fieldgate::source::sim_devices::wire_demo(&mut cfg.sources, &links) {
         tracing::warn!(error = %e, "demo falls back to the in-process simulator");
     }
-    // [demo sources]
     cfg
 }
 

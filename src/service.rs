@@ -81,27 +81,22 @@ pub async fn run(cfg: Config, opts: RunOptions) -> anyhow::Result<()> {
     for s in cfg.sources.sim.iter().cloned() {
         tasks.spawn(sim::start(s.clone(), ctx(&s.name, "sim")));
     }
-    // [serial sources]
     for s in cfg.sources.serial.iter().cloned() {
         let ctx = ctx(&s.name, "serial");
         tasks.spawn(crate::source::serial::run(s, ctx));
     }
-    // [obd sources]
     for s in cfg.sources.obd.iter().cloned() {
         let ctx = ctx(&s.name, "obd");
         tasks.spawn(crate::source::obd::run(s, ctx));
     }
-    // [can sources]
     for s in cfg.sources.can.iter().cloned() {
         let c = ctx(&s.name, "can");
         tasks.spawn(crate::source::can::run(s, c));
     }
-    // [mqtt sources]
     for s in cfg.sources.mqtt.iter().cloned() {
         let c = ctx(&s.name, "mqtt");
         tasks.spawn(crate::source::mqtt::run(s, c));
     }
-    // [mongo sink]
     if let Some(m) = &cfg.mongo {
         let slot = sinks.register("mongo");
         tasks.spawn(crate::sink::mongo::run(
