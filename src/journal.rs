@@ -144,6 +144,22 @@ fn meta_u64(meta: &sled::Tree, key: &str) -> Result<Option<u64>, sled::Error> {
     Ok(meta.get(key)?.as_deref().and_then(key_seq))
 }
 
+/// The key of the chunk that holds `seq`: the greatest chunk key at most `seq` among the
+/// [`chunk::CHUNK_MAX_FRAMES`] seqs up to it (no chunk holds more), else `seq` itself
+/// (`fold`, not `last`: clippy would suggest `next_back` for a double-ended iterator).
+///
+/// Forward iteration only: sled's reverse iteration (`next_back`, `Tree::last`, `get_lt`,
+/// `pop_max`) links a 1 MiB constant (its "greatest key", `[255; 1 << 20]`) into the
+/// binary, a sixth of the Pi's size budget (docs/benchmarks.md, "Binary size"); clippy.toml
+/// refuses those calls.
+fn chunk_start(frames: &sled::Tree, seq: u64) -> u64 {
+    let lo = seq.saturating_sub(chunk::CHUNK_MAX_FRAMES as u64 - 1);
+    frames
+        .range(seq_key(lo)..=seq_key(seq))
+        .filter_map(|item| key_seq(&item.ok()?.0))
+        .fold(seq, |_, key| key)
+}
+
 impl Inner {
     /// Record a seq lease ending at `lease_end`: in the floor file at once (fsynced), in
     /// `meta` with the next flush. Never lowers either; seqs up to `lease_end` may be issued
@@ -409,13 +425,7 @@ impl Journal {
             .map(|p| Arc::clone(&p.frame))
             .collect();
         let mut out: Vec<Frame> = Vec::new();
-        let start = inner
-            .frames
-            .range(..=seq_key(from_seq))
-            .next_back()
-            .and_then(|r| r.ok())
-            .and_then(|(k, _)| key_seq(&k))
-            .unwrap_or(from_seq);
+        let start = chunk_start(&inner.frames, from_seq);
         'chunks: for item in inner.frames.range(seq_key(start)..) {
             let (k, v) = match item {
                 Ok(kv) => kv,
