@@ -145,19 +145,31 @@ fn meta_u64(meta: &sled::Tree, key: &str) -> Result<Option<u64>, sled::Error> {
 }
 
 /// The key of the chunk that holds `seq`: the greatest chunk key at most `seq` among the
-/// [`chunk::CHUNK_MAX_FRAMES`] seqs up to it (no chunk holds more), else `seq` itself
-/// (`fold`, not `last`: clippy would suggest `next_back` for a double-ended iterator).
+/// [`chunk::CHUNK_MAX_FRAMES`] seqs up to it (no chunk holds more), else `seq` itself.
 ///
 /// Forward iteration only: sled's reverse iteration (`next_back`, `Tree::last`, `get_lt`,
 /// `pop_max`) links a 1 MiB constant (its "greatest key", `[255; 1 << 20]`) into the
 /// binary, a sixth of the Pi's size budget (docs/benchmarks.md, "Binary size"); clippy.toml
-/// refuses those calls.
+/// refuses those calls. The windows are searched nearest first (`seq` itself, the 15 seqs
+/// below, then the rest), so small chunks, where many keys lie close together, are found
+/// without walking up to 255 keys (`fold`, not `last`: clippy would suggest `next_back`).
 fn chunk_start(frames: &sled::Tree, seq: u64) -> u64 {
-    let lo = seq.saturating_sub(chunk::CHUNK_MAX_FRAMES as u64 - 1);
-    frames
-        .range(seq_key(lo)..=seq_key(seq))
-        .filter_map(|item| key_seq(&item.ok()?.0))
-        .fold(seq, |_, key| key)
+    let mut hi = seq;
+    for width in [1, 16, chunk::CHUNK_MAX_FRAMES as u64] {
+        let lo = seq.saturating_sub(width - 1);
+        let greatest = frames
+            .range(seq_key(lo)..=seq_key(hi))
+            .filter_map(|item| key_seq(&item.ok()?.0))
+            .fold(None, |_, key| Some(key));
+        if let Some(key) = greatest {
+            return key;
+        }
+        if lo == 0 {
+            break;
+        }
+        hi = lo - 1;
+    }
+    seq
 }
 
 impl Inner {
@@ -466,6 +478,12 @@ impl Journal {
             }
         }
         out
+    }
+
+    /// The first seq of the stored chunk that holds `seq` (else `seq`): where
+    /// [`Journal::range`] starts reading (public for fieldgate-bench).
+    pub fn chunk_start(&self, seq: u64) -> u64 {
+        chunk_start(&self.inner.frames, seq)
     }
 
     /// One frame by seq, if still in the journal.
