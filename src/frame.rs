@@ -170,6 +170,23 @@ mod tests {
         assert_eq!(Frame::decode(42, &bytes).expect("decode"), f);
     }
 
+    /// Found by the `mqtt_message` fuzz target (input `["",184467443718446744016]`): serde_json
+    /// parsed the payload's big integer to one float, printed it as `1.844674437184467e20`
+    /// and read that back as a different float, so the journal changed the payload.
+    #[test]
+    fn payload_numbers_survive_the_journal_exactly() {
+        let payload: Value = serde_json::from_str(r#"["",184467443718446744016]"#).expect("json");
+        for payload in [
+            payload,
+            json!([1.8446744073718448e31, 5e-324, 2.2250738585072014e-308]),
+        ] {
+            let mut f = sample();
+            f.payload = payload;
+            let back = Frame::decode(42, &f.encode()).expect("decode");
+            assert_eq!(back, f, "{}", f.payload);
+        }
+    }
+
     #[test]
     fn corrupt_records_are_errors() {
         let bytes = sample().encode();

@@ -9,7 +9,7 @@
 //! either. The same thread enforces the byte cap (drop-oldest eviction) and retention
 //! (prune what every sink acknowledged).
 
-mod chunk;
+pub(crate) mod chunk;
 mod floor;
 mod flusher;
 mod open;

@@ -8,6 +8,9 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod frame;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzz_api;
 pub mod journal;
 pub mod metrics;
 pub mod notify;

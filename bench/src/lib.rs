@@ -6,6 +6,7 @@
 //! the load-test frames, which the journal crash test also checks against.
 
 pub mod broker;
+pub mod can;
 pub mod journal;
 pub mod mongo;
 pub mod mqtt;

@@ -1,7 +1,7 @@
 //! `fieldgate-bench`: measurements that print numbers (README quotes them).
 
 use clap::{Parser, Subcommand};
-use fieldgate_bench::{journal, mongo, mqtt, serial, ws};
+use fieldgate_bench::{can, journal, mongo, mqtt, serial, ws};
 use std::process::ExitCode;
 
 /// fieldgate's benchmarks: each prints its numbers.
@@ -24,6 +24,8 @@ enum Cmd {
     Mqtt(mqtt::MqttArgs),
     /// CPU % of one core used by a serial source reading NMEA at line rate over a pty.
     Serial(serial::SerialArgs),
+    /// CAN decode + journal throughput, CPU at a bus rate over a pty, DBC memory.
+    Can(can::CanArgs),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +42,7 @@ fn main() -> ExitCode {
         Cmd::Ws(a) => ws::run(a),
         Cmd::Mqtt(a) => mqtt::run(a),
         Cmd::Serial(a) => serial::run(a),
+        Cmd::Can(a) => can::run(a),
     };
     match run {
         Ok(()) => ExitCode::SUCCESS,

@@ -31,7 +31,7 @@ pub struct SerialArgs {
 }
 
 /// CPU time (user + system) of `who` (`RUSAGE_SELF` or `RUSAGE_THREAD`).
-fn cpu(who: libc::c_int) -> Duration {
+pub fn cpu(who: libc::c_int) -> Duration {
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: getrusage only writes into the struct we pass.
     unsafe { libc::getrusage(who, &mut ru) };

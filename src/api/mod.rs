@@ -8,7 +8,7 @@
 
 mod frames;
 mod live;
-mod registry;
+pub(crate) mod registry;
 
 use crate::auth::{KeyInfo, KeyStore, Scope, Throttle};
 use crate::journal::Journal;
@@ -255,20 +255,26 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
             ));
         }
         let bytes = read_body(req).await?;
-        let mut de = serde_json::Deserializer::from_slice(&bytes);
-        match serde_path_to_error::deserialize(&mut de) {
-            Ok(v) => Ok(ApiJson(v)),
-            Err(e) => {
-                let path = e.path().to_string();
-                let inner = e.into_inner();
-                Err(ApiError::invalid(if path == "." {
-                    inner.to_string()
-                } else {
-                    format!("{path}: {inner}")
-                }))
-            }
-        }
+        parse_body(&bytes).map(ApiJson)
     }
+}
+
+/// Parses a JSON request body as [`ApiJson`] does: one JSON document, unknown fields
+/// rejected, the error naming the field at fault.
+pub fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        ApiError::invalid(if path == "." {
+            inner.to_string()
+        } else {
+            format!("{path}: {inner}")
+        })
+    })?;
+    // Nothing but whitespace may follow the document.
+    de.end().map_err(|e| ApiError::invalid(e.to_string()))?;
+    Ok(value)
 }
 
 /// All routes.
@@ -344,4 +350,26 @@ async fn metrics(auth: Auth, State(st): State<AppState>) -> Result<Response, Api
     auth.require(Scope::Read)?;
     let body = crate::metrics::render(&st);
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by the `rest_body` fuzz target (input `{}l`): the body parser stopped after the
+    /// first JSON value and accepted whatever followed it.
+    #[test]
+    fn a_body_is_one_json_document() {
+        let ok: registry::Device = parse_body(br#" {"id": "gps0"} "#).expect("valid body");
+        assert_eq!(ok.id, "gps0");
+        for body in [&b"{}l"[..], br#"{"id":"va","plate":null}ull}"#, b"{} {}"] {
+            let err = parse_body::<registry::Vehicle>(body).expect_err("trailing bytes");
+            assert_eq!(err.status, StatusCode::BAD_REQUEST);
+            assert!(
+                err.message.contains("trailing characters"),
+                "{}",
+                err.message
+            );
+        }
+    }
 }

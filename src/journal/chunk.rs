@@ -16,6 +16,8 @@ pub const CHUNK_MAX_FRAMES: usize = 256;
 pub const CHUNK_MAX_RAW: usize = 128 * 1024;
 /// Refuse to decompress chunks claiming more than this (corruption guard).
 const CHUNK_RAW_LIMIT: usize = 64 << 20;
+/// LZ4 block output per input byte, at most (a match-length byte adds at most 255).
+const LZ4_MAX_RATIO: usize = 255;
 const CHUNK_V1: u8 = 1;
 const HEADER_LEN: usize = 13;
 
@@ -78,12 +80,17 @@ pub fn decode(first_seq: u64, value: &[u8]) -> Result<Vec<Result<Frame, DecodeEr
         .and_then(|b| b.try_into().ok())
         .map(u32::from_le_bytes)
         .ok_or(ChunkError::Header)? as usize;
-    if claimed > CHUNK_RAW_LIMIT {
-        return Err(ChunkError::Body(format!("claims {claimed} bytes")));
+    // LZ4 allocates the claimed size up front: refuse what the block cannot expand to.
+    let packed = body.len() - 4;
+    if claimed > CHUNK_RAW_LIMIT || claimed > packed.saturating_mul(LZ4_MAX_RATIO) {
+        return Err(ChunkError::Body(format!(
+            "claims {claimed} bytes from {packed} compressed"
+        )));
     }
     let raw = lz4_flex::block::decompress_size_prepended(body)
         .map_err(|e| ChunkError::Body(e.to_string()))?;
-    let mut out = Vec::with_capacity(h.count as usize);
+    // Every record has a 4-byte length: a damaged count cannot make us reserve more.
+    let mut out = Vec::with_capacity((h.count as usize).min(raw.len() / 4));
     let mut rest = raw.as_slice();
     for i in 0..h.count as u64 {
         let Some((len, tail)) = rest.split_first_chunk::<4>() else {
@@ -128,6 +135,37 @@ mod tests {
             let f = f.expect("frame");
             assert_eq!(f.seq, 100 + i as u64);
             assert_eq!(f.payload["n"], i);
+        }
+    }
+
+    /// Found by the `journal_chunk` fuzz target: a damaged header's frame count was used as
+    /// the capacity of the result (4 billion frames: a ~800 GB allocation, an abort).
+    #[test]
+    fn a_damaged_count_allocates_nothing_up_front() {
+        let rec = Frame::new("gw", "t", "d", "json", json!({"n": 1})).encode();
+        let mut chunk = encode(std::iter::once(rec.as_slice()), 1);
+        chunk[1..5].copy_from_slice(&u32::MAX.to_le_bytes());
+        match decode(1, &chunk) {
+            Err(ChunkError::Body(m)) => assert!(m.contains("truncated at frame 1"), "{m}"),
+            other => panic!("expected a truncated body, got {other:?}"),
+        }
+    }
+
+    /// Found by the `journal_chunk` fuzz target (input below): a chunk claiming 40 MB of
+    /// records in a 4-byte body made LZ4 allocate the 40 MB before finding out.
+    #[test]
+    fn a_size_the_body_cannot_hold_is_refused_before_decompressing() {
+        let fuzzed = b"\x01\x61\x22\x7b\x22\x00\x00\x64\x02\x64\x64\x64\x62\x61\x64\x64\x02";
+        let rec = Frame::new("gw", "t", "d", "json", json!({"n": 1})).encode();
+        let mut big = encode(std::iter::once(rec.as_slice()), 1);
+        let body = big.len() - HEADER_LEN - 4;
+        let most = u32::try_from(body * LZ4_MAX_RATIO).expect("small");
+        big[13..17].copy_from_slice(&(most + 1).to_le_bytes());
+        for chunk in [&fuzzed[..], &big] {
+            match decode(1, chunk) {
+                Err(ChunkError::Body(m)) => assert!(m.starts_with("claims"), "{m}"),
+                other => panic!("expected a refused size, got {other:?}"),
+            }
         }
     }
 

@@ -94,13 +94,60 @@ struct Incoming {
 /// A command for a device.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Command {
-    device: String,
+pub struct Command {
+    /// The device it is for.
+    pub device: String,
+    /// What to write to it.
     #[serde(default)]
-    payload: Value,
+    pub payload: Value,
     /// A CAN frame to transmit (see `source::can::command`).
     #[serde(default)]
-    can: Option<Value>,
+    pub can: Option<Value>,
+}
+
+/// A client message, parsed: the TMD envelope and the `data` its type expects.
+#[derive(Debug)]
+pub enum ClientMessage {
+    /// `ping`: answered by a `pong` carrying the same data.
+    Ping(Value),
+    /// `subscribe`: the new filters (and replay start).
+    Subscribe(Filters),
+    /// `unsubscribe`.
+    Unsubscribe,
+    /// `broadcast` (scope `publish`): data relayed to every client.
+    Broadcast(Value),
+    /// `command` (scope `control`): a payload for one device (a `can` frame checked and
+    /// moved into it).
+    Command(Command),
+}
+
+/// Parses one client text message; the error is the text of the `error` reply.
+pub fn parse_client_message(text: &str) -> Result<ClientMessage, String> {
+    let parsed: Incoming = serde_json::from_str(text).map_err(|e| format!("bad message: {e}"))?;
+    let _ = parsed.message;
+    match parsed.kind.as_str() {
+        "ping" => Ok(ClientMessage::Ping(parsed.data)),
+        "subscribe" => {
+            let data = if parsed.data.is_null() {
+                json!({})
+            } else {
+                parsed.data
+            };
+            serde_json::from_value(data)
+                .map(ClientMessage::Subscribe)
+                .map_err(|e| format!("bad subscribe: {e}"))
+        }
+        "unsubscribe" => Ok(ClientMessage::Unsubscribe),
+        "broadcast" => Ok(ClientMessage::Broadcast(parsed.data)),
+        "command" => {
+            let mut cmd: Command =
+                serde_json::from_value(parsed.data).map_err(|e| format!("bad command: {e}"))?;
+            cmd.payload = crate::source::can::command::routed_payload(cmd.payload, cmd.can.take())
+                .map_err(|e| format!("bad command: {e}"))?;
+            Ok(ClientMessage::Command(cmd))
+        }
+        other => Err(format!("unknown message type {other:?}")),
+    }
 }
 
 /// Why a session ended (for the log).
@@ -335,23 +382,13 @@ impl Session {
                     .await
             }
         };
-        let parsed: Incoming = match serde_json::from_str(&text) {
+        let parsed = match parse_client_message(&text) {
             Ok(m) => m,
-            Err(e) => return self.error(&format!("bad message: {e}")).await,
+            Err(e) => return self.error(&e).await,
         };
-        let _ = parsed.message;
-        match parsed.kind.as_str() {
-            "ping" => self.reply(tmd("pong", "pong", parsed.data)).await,
-            "subscribe" => {
-                let data = if parsed.data.is_null() {
-                    json!({})
-                } else {
-                    parsed.data
-                };
-                let filters: Filters = match serde_json::from_value(data) {
-                    Ok(f) => f,
-                    Err(e) => return self.error(&format!("bad subscribe: {e}")).await,
-                };
+        match parsed {
+            ClientMessage::Ping(data) => self.reply(tmd("pong", "pong", data)).await,
+            ClientMessage::Subscribe(filters) => {
                 let shown = serde_json::to_value(&filters).unwrap_or(Value::Null);
                 self.ctx
                     .hub
@@ -369,38 +406,29 @@ impl Session {
                 })
                 .await
             }
-            "unsubscribe" => {
+            ClientMessage::Unsubscribe => {
                 let reply = tmd("subscribed", "unsubscribed", json!({"active": false}));
                 self.reply_with(reply, |st| st.mode = Mode::Off).await
             }
-            "broadcast" => {
+            ClientMessage::Broadcast(data) => {
                 if !self.key.allows(Scope::Publish) {
                     return self.error("broadcast needs the publish scope").await;
                 }
                 let msg = tmd(
                     "broadcast",
                     "broadcast",
-                    json!({"from": self.key.name, "data": parsed.data}),
+                    json!({"from": self.key.name, "data": data}),
                 );
                 self.ctx.hub.broadcast(msg);
                 Ok(())
             }
-            "command" => {
+            ClientMessage::Command(cmd) => {
                 if !self.key.allows(Scope::Control) {
                     return self.error("command needs the control scope").await;
-                }
-                let mut cmd: Command = match serde_json::from_value(parsed.data) {
-                    Ok(c) => c,
-                    Err(e) => return self.error(&format!("bad command: {e}")).await,
-                };
-                match crate::source::can::command::routed_payload(cmd.payload, cmd.can.take()) {
-                    Ok(p) => cmd.payload = p,
-                    Err(e) => return self.error(&format!("bad command: {e}")).await,
                 }
                 let reply = self.command(cmd);
                 self.reply(reply).await
             }
-            other => self.error(&format!("unknown message type {other:?}")).await,
         }
     }
 

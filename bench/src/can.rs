@@ -1,16 +1,17 @@
-//! CAN benchmark (`cargo run --release --example can_bench`): prints numbers, asserts nothing.
+//! `fieldgate-bench can`: CAN decode + journal throughput, CPU at a bus rate, DBC memory.
 //!
-//! - decode + journal throughput: frames of a generated 60-message DBC (multiplexed,
-//!   Motorola, signed and enum signals included) through the source's [`Ingest`] pipeline
-//!   into a real journal with `append_many`, per-signal rules off and on;
+//! - throughput: frames of a generated 60-message DBC (multiplexed, Motorola, signed and
+//!   enum signals included) through the source's [`Ingest`] pipeline into a real journal
+//!   with one `append_many` per 4,096 frames (as the source task does per read burst),
+//!   per-signal rules off and on;
 //! - CPU at 4,000 frames/s (a busy 500 kbit/s bus): a writer thread plays a CANable on a
 //!   pty, the real CAN source reads it into a real journal; CPU is the process's time
-//!   minus the writer's own, over a measured window, rules off and on;
+//!   minus the writer's own, over a measured window after a warm-up, rules off and on;
 //! - memory: RSS added by compiling a 500-message DBC into a source's pipeline.
-//!
-//! It lives outside the product binary (an example of the library, sharing the release
-//! build); `CAN_BENCH_FRAMES` and `CAN_BENCH_SECONDS` size it.
 
+use crate::serial::cpu;
+use anyhow::Context;
+use clap::{Args, ValueEnum};
 use fieldgate::journal::{Journal, JournalConfig};
 use fieldgate::source::can::dbc::Database;
 use fieldgate::source::can::ingest::Ingest;
@@ -19,7 +20,36 @@ use fieldgate::source::sim_devices::Pty;
 use fieldgate::source::{SourceCtx, SourceStates};
 use std::fmt::Write as _;
 use std::io::Write as _;
+use std::path::Path;
 use std::time::{Duration, Instant};
+
+/// Arguments of `bench can`.
+#[derive(Args)]
+pub struct CanArgs {
+    /// Frames pushed through the pipeline per throughput run.
+    #[arg(long, default_value_t = 1_000_000)]
+    frames: usize,
+    /// Bus rate of the CPU runs, frames/s.
+    #[arg(long, default_value_t = 4000)]
+    rate: usize,
+    /// Measured window of each CPU run, seconds (after a 2 s warm-up).
+    #[arg(long, default_value_t = 20)]
+    seconds: u64,
+    /// Run only these parts (default: all).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    only: Vec<Part>,
+}
+
+/// A part of the CAN bench.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Part {
+    /// RSS of a 500-message DBC.
+    Memory,
+    /// Decode + journal throughput, rules off and on.
+    Throughput,
+    /// CPU at `--rate` over a pty, rules off and on.
+    Cpu,
+}
 
 /// A DBC of `n` messages: Intel and Motorola, signed, enums, every 8th multiplexed, every
 /// 10th with a 29-bit id.
@@ -88,7 +118,7 @@ fn dbc(n: usize) -> String {
 fn frames(db: &Database, count: usize) -> Vec<CanFrame> {
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
     (0..count)
-        .map(|n| {
+        .filter_map(|n| {
             let m = &db.messages[n % db.messages.len()];
             x ^= x << 13;
             x ^= x >> 7;
@@ -98,101 +128,146 @@ fn frames(db: &Database, count: usize) -> Vec<CanFrame> {
             for (i, b) in data.iter_mut().enumerate() {
                 *b = ((t >> (i % 4)) as u8).wrapping_add((x >> (8 * i)) as u8 & 0x03);
             }
-            data[0] &= if m.signals.first().is_some_and(|s| s.name == "Sel") {
-                0x03
-            } else {
-                0xFF
-            };
-            CanFrame::new(m.key & can::EFF_MAX, m.key & (1 << 31) != 0, &data).expect("frame")
+            if m.signals.first().is_some_and(|s| s.name == "Sel") {
+                data[0] &= 0x03;
+            }
+            CanFrame::new(m.key & can::EFF_MAX, m.key & (1 << 31) != 0, &data)
         })
         .collect()
-}
-
-fn config(text: &str) -> CanConfig {
-    toml::from_str(text).expect("config")
 }
 
 const RULES: &str = "rules = [{ signal = \"Mode_*\", on_change = true, max_period_ms = 10000 }, \
                      { signal = \"*\", min_period_ms = 100, deadband = 0.5, max_period_ms = 5000 }]\n";
 
-fn throughput(dir: &std::path::Path, text: &str, rules: bool, count: usize) {
+fn config(text: &str) -> anyhow::Result<CanConfig> {
+    toml::from_str(text).context("bench CAN config")
+}
+
+fn compiled(text: &str) -> anyhow::Result<Database> {
     let mut db = Database::default();
-    db.add("bench.dbc", text).expect("dbc");
+    db.add("bench.dbc", text)?;
+    Ok(db)
+}
+
+fn rules_label(rules: bool) -> &'static str {
+    if rules {
+        "on "
+    } else {
+        "off"
+    }
+}
+
+fn throughput(dir: &Path, text: &str, rules: bool, count: usize) -> anyhow::Result<()> {
+    let db = compiled(text)?;
     let input = frames(&db, count);
     let journal = Journal::open(JournalConfig {
         path: dir.join(format!("tp-{rules}")),
         ..JournalConfig::default()
-    })
-    .expect("journal");
+    })?;
     let cfg = config(&format!(
         "name = \"bench\"\ninterface = \"candump\"\npath = \"/dev/null\"\n{}",
         if rules { RULES } else { "" }
-    ));
+    ))?;
     let mut ingest = Ingest::new(&cfg, "bench", db);
     let (t0, cpu0) = (Instant::now(), cpu(libc::RUSAGE_SELF));
     let mut journaled = 0usize;
     let mut out = Vec::with_capacity(4096);
     let mut decoding = Duration::ZERO;
+    let mut decoding_cpu = Duration::ZERO;
     for chunk in input.chunks(4096) {
         let now = fieldgate::frame::now_ms();
-        let d0 = Instant::now();
+        let (d0, c0) = (Instant::now(), cpu(libc::RUSAGE_THREAD));
         for f in chunk {
             ingest.push(f, None, now, &mut out);
         }
         decoding += d0.elapsed();
+        decoding_cpu += cpu(libc::RUSAGE_THREAD).saturating_sub(c0);
         journaled += out.len();
-        journal
-            .append_many(std::mem::take(&mut out))
-            .expect("append");
+        journal.append_many(std::mem::take(&mut out))?;
     }
-    let last = journal.last_seq();
-    journal.wait_durable_blocking(last).expect("durable");
+    journal.wait_durable_blocking(journal.last_seq())?;
     let (secs, cpu_secs) = (
         t0.elapsed().as_secs_f64(),
         (cpu(libc::RUSAGE_SELF) - cpu0).as_secs_f64(),
     );
+    let stats = journal.stats();
     println!(
-        "decode+journal, rules {}: {count} frames in {secs:.2} s = {:.0} frames/s, {:.0} per CPU-second ({journaled} journaled, {} bytes); decoding alone {:.0} frames/s",
-        if rules { "on " } else { "off" },
+        "decode+journal, rules {}: {count} frames in {secs:.2} s = {:.0} frames/s wall, {:.0} per CPU-second ({journaled} journaled, {} bytes); decoding alone {:.0} frames/s wall, {:.0} per CPU-second",
+        rules_label(rules),
         count as f64 / secs,
         count as f64 / cpu_secs,
-        journal.stats().bytes,
-        count as f64 / decoding.as_secs_f64()
+        stats.bytes,
+        count as f64 / decoding.as_secs_f64(),
+        count as f64 / decoding_cpu.as_secs_f64().max(1e-9),
     );
-    journal.close().expect("close");
+    journal.close()?;
+    Ok(())
 }
 
-/// CPU time (user + system) of `who` (`RUSAGE_SELF` or `RUSAGE_THREAD`).
-fn cpu(who: libc::c_int) -> Duration {
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: getrusage only writes into the struct we pass.
-    unsafe { libc::getrusage(who, &mut ru) };
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(ru.ru_utime) + tv(ru.ru_stime)
+/// Writes `lines` round-robin to `master` at `rate` frames/s in 10 ms ticks for `warmup`,
+/// signals, then for `window`, signals; returns its own CPU in the window and frames sent.
+fn writer(
+    mut master: std::fs::File,
+    lines: Vec<Vec<u8>>,
+    rate: usize,
+    warmup: Duration,
+    window: Duration,
+    marks: std::sync::mpsc::Sender<()>,
+) -> std::io::Result<(Duration, usize)> {
+    let t0 = Instant::now();
+    let tick = Duration::from_millis(10);
+    let per_tick = (rate / 100).max(1);
+    let (mut sent, mut n) = (0usize, 0u32);
+    let mut marks_cpu = Vec::new();
+    loop {
+        let elapsed = t0.elapsed();
+        if marks_cpu.is_empty() && elapsed >= warmup {
+            marks_cpu.push(cpu(libc::RUSAGE_THREAD));
+            let _ = marks.send(());
+        }
+        if elapsed >= warmup + window {
+            let c1 = cpu(libc::RUSAGE_THREAD);
+            let _ = marks.send(());
+            return Ok((c1.saturating_sub(marks_cpu[0]), sent));
+        }
+        let mut chunk = Vec::with_capacity(per_tick * 32);
+        for _ in 0..per_tick {
+            chunk.extend_from_slice(&lines[sent % lines.len()]);
+            sent += 1;
+        }
+        master.write_all(&chunk)?;
+        n += 1;
+        if let Some(wait) = (tick * n).checked_sub(t0.elapsed()) {
+            std::thread::sleep(wait);
+        }
+    }
 }
 
-fn cpu_at_rate(dir: &std::path::Path, text: &str, rules: bool, rate: usize, seconds: u64) {
-    let pty = Pty::open().expect("pty");
-    let mut db = Database::default();
-    db.add("bench.dbc", text).expect("dbc");
+fn cpu_at_rate(
+    dir: &Path,
+    text: &str,
+    rules: bool,
+    rate: usize,
+    seconds: u64,
+) -> anyhow::Result<()> {
+    let pty = Pty::open().context("openpty")?;
+    let db = compiled(text)?;
     let lines: Vec<Vec<u8>> = frames(&db, rate * 4).iter().map(slcan::encode).collect();
     let dbc_path = dir.join(format!("bench-{rules}.dbc"));
-    std::fs::write(&dbc_path, text).expect("dbc file");
+    std::fs::write(&dbc_path, text)?;
     let cfg = config(&format!(
         "name = \"bench\"\ninterface = \"slcan\"\npath = {:?}\ndbc = [{dbc_path:?}]\n{}",
         pty.path,
         if rules { RULES } else { "" }
-    ));
+    ))?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
-        .build()
-        .expect("rt");
+        .build()?;
     let journal = Journal::open(JournalConfig {
         path: dir.join(format!("cpu-{rules}")),
         ..JournalConfig::default()
-    })
-    .expect("journal");
+    })?;
     let states = SourceStates::default();
     let stop = tokio_util::sync::CancellationToken::new();
     let ctx = SourceCtx {
@@ -203,74 +278,53 @@ fn cpu_at_rate(dir: &std::path::Path, text: &str, rules: bool, rate: usize, seco
         commands: Default::default(),
     };
     let task = rt.spawn(can::run(cfg, ctx));
-    let mut master = std::fs::File::from(pty.master);
+    let t0 = Instant::now();
+    while states
+        .snapshot()
+        .get("bench")
+        .is_none_or(|s| s.state != "running")
+    {
+        anyhow::ensure!(
+            t0.elapsed() < Duration::from_secs(10),
+            "CAN source never opened the pty"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let master = std::fs::File::from(pty.master);
     // Drain what the source writes (open commands, status polls).
-    let mut reader = master.try_clone().expect("clone");
+    let mut reader = master.try_clone()?;
     std::thread::spawn(move || {
         let mut buf = [0u8; 256];
         while std::io::Read::read(&mut reader, &mut buf).is_ok_and(|n| n > 0) {}
     });
-    let warmup = Duration::from_secs(2);
-    let window = Duration::from_secs(seconds);
     let (tx, rx) = std::sync::mpsc::channel();
-    let writer = std::thread::spawn(move || {
-        let t0 = Instant::now();
-        let tick = Duration::from_millis(10);
-        let per_tick = rate / 100;
-        let mut sent = 0usize;
-        let mut marks = Vec::new();
-        let mut n = 0u32;
-        loop {
-            let elapsed = t0.elapsed();
-            if marks.is_empty() && elapsed >= warmup {
-                marks.push(cpu(libc::RUSAGE_THREAD));
-                let _ = tx.send(());
-            }
-            if elapsed >= warmup + window {
-                marks.push(cpu(libc::RUSAGE_THREAD));
-                let _ = tx.send(());
-                break;
-            }
-            let mut chunk = Vec::with_capacity(per_tick * 32);
-            for _ in 0..per_tick {
-                chunk.extend_from_slice(&lines[sent % lines.len()]);
-                sent += 1;
-            }
-            master.write_all(&chunk).expect("write pty");
-            n += 1;
-            if let Some(wait) = (tick * n).checked_sub(t0.elapsed()) {
-                std::thread::sleep(wait);
-            }
-        }
-        (marks[1] - marks[0], sent)
-    });
-    rx.recv().expect("warm-up over");
-    let (self0, frames0, t0) = (
-        cpu(libc::RUSAGE_SELF),
-        states.snapshot()["bench"].frames,
-        Instant::now(),
-    );
-    rx.recv().expect("window over");
-    let (self1, frames1, wall) = (
-        cpu(libc::RUSAGE_SELF),
-        states.snapshot()["bench"].frames,
-        t0.elapsed(),
-    );
-    let (writer_cpu, sent) = writer.join().expect("writer");
+    let window = Duration::from_secs(seconds.max(1));
+    let w = std::thread::Builder::new()
+        .name("slcan-writer".into())
+        .spawn(move || writer(master, lines, rate, Duration::from_secs(2), window, tx))?;
+    let frames_now = || states.snapshot().get("bench").map_or(0, |s| s.frames);
+    rx.recv().context("writer ended early")?;
+    let (self0, frames0, t_start) = (cpu(libc::RUSAGE_SELF), frames_now(), Instant::now());
+    rx.recv().context("writer ended early")?;
+    let (self1, frames1, wall) = (cpu(libc::RUSAGE_SELF), frames_now(), t_start.elapsed());
+    let (writer_cpu, sent) = w.join().map_err(|_| anyhow::anyhow!("writer panicked"))??;
     stop.cancel();
-    let _ = rt.block_on(task);
-    let st = &states.snapshot()["bench"];
+    rt.block_on(task)?;
+    let (invalid, state) = states
+        .snapshot()
+        .get("bench")
+        .map_or((0, String::new()), |s| (s.invalid, s.state.clone()));
     let gateway = (self1 - self0).saturating_sub(writer_cpu);
     println!(
-        "CPU at {rate} frames/s over a pty, rules {}: {:.2} % of one core ({} frames sent, {} journaled in the window, {} invalid, state {})",
-        if rules { "on " } else { "off" },
+        "CPU at {rate} frames/s over a pty, rules {}: {:.2} % of one core ({sent} frames sent, {} journaled in the {:.1} s window, {invalid} invalid, state {state})",
+        rules_label(rules),
         100.0 * gateway.as_secs_f64() / wall.as_secs_f64(),
-        sent,
         frames1 - frames0,
-        st.invalid,
-        st.state
+        wall.as_secs_f64(),
     );
-    journal.close().expect("close");
+    journal.close()?;
+    drop(pty.slave);
+    Ok(())
 }
 
 /// Resident set size, kB.
@@ -283,14 +337,13 @@ fn rss_kb() -> u64 {
         .unwrap_or(0)
 }
 
-fn memory(text: &str) {
-    let cfg = config("name = \"bench\"\ninterface = \"candump\"\npath = \"/dev/null\"\n");
+fn memory(text: &str) -> anyhow::Result<()> {
+    let cfg = config("name = \"bench\"\ninterface = \"candump\"\npath = \"/dev/null\"\n")?;
     // SAFETY: malloc_trim only returns free heap memory to the kernel.
     let trim = || unsafe { libc::malloc_trim(0) };
     trim();
     let before = rss_kb();
-    let mut db = Database::default();
-    db.add("big.dbc", text).expect("dbc");
+    let db = compiled(text)?;
     let (messages, signals) = (db.messages.len(), db.signal_count());
     let ingest = Ingest::new(&cfg, "bench", db);
     trim();
@@ -301,22 +354,29 @@ fn memory(text: &str) {
         after.saturating_sub(before)
     );
     drop(ingest);
+    Ok(())
 }
 
-fn main() {
-    let dir = tempfile::tempdir().expect("tempdir");
+/// Run `bench can`.
+pub fn run(args: CanArgs) -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("fieldgate-bench-can-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let want = |p: Part| args.only.is_empty() || args.only.contains(&p);
     let realistic = dbc(60);
-    let count: usize = std::env::var("CAN_BENCH_FRAMES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000_000);
-    let seconds: u64 = std::env::var("CAN_BENCH_SECONDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20);
-    memory(&dbc(500));
-    throughput(dir.path(), &realistic, false, count);
-    throughput(dir.path(), &realistic, true, count);
-    cpu_at_rate(dir.path(), &realistic, false, 4000, seconds);
-    cpu_at_rate(dir.path(), &realistic, true, 4000, seconds);
+    let result = (|| {
+        if want(Part::Memory) {
+            memory(&dbc(500))?;
+        }
+        if want(Part::Throughput) {
+            throughput(&dir, &realistic, false, args.frames)?;
+            throughput(&dir, &realistic, true, args.frames)?;
+        }
+        if want(Part::Cpu) {
+            cpu_at_rate(&dir, &realistic, false, args.rate, args.seconds)?;
+            cpu_at_rate(&dir, &realistic, true, args.rate, args.seconds)?;
+        }
+        Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
 }
