@@ -2,7 +2,7 @@
 //!
 //! Written out here rather than taken from `encoding_rs` (through can-dbc's `encodings`
 //! feature): encoding_rs decodes through one dispatcher over every encoding it knows, so
-//! asking it for Windows-1252 links all its CJK tables too, 147 KB of the Pi binary
+//! asking it for Windows-1252 links all its CJK tables too, 128 KiB of the Pi binary
 //! (docs/benchmarks.md, "Binary size"). The mapping is the WHATWG `index-windows-1252`:
 //! ASCII and Latin-1 map to themselves, 0x80–0x9F to the table below (the five bytes it
 //! leaves undefined map to the C1 control of the same value, as browsers and encoding_rs
