@@ -73,6 +73,10 @@ pub struct KeyInfo {
     pub created_ms: i64,
     /// First 8 hex chars of the hash: an id for listing and revoking.
     pub id: String,
+    /// When the key was last accepted, unix ms (stored at most once a minute per key,
+    /// and at a clean shutdown).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_used_ms: Option<i64>,
 }
 
 impl KeyInfo {
@@ -94,6 +98,16 @@ pub enum AuthError {
     /// No key matches the given id or name.
     #[error("no key named or with id {0:?}")]
     NotFound(String),
+    /// A stored key already has this name.
+    #[error(
+        "a key named {name:?} exists already (id {id}); revoke it first or choose another name"
+    )]
+    Duplicate {
+        /// The name asked for.
+        name: String,
+        /// The existing key's id.
+        id: String,
+    },
 }
 
 fn hash(key: &str) -> [u8; 32] {
@@ -114,11 +128,18 @@ pub fn generate_key() -> String {
 /// Keys held in memory only: (SHA-256 of the key, its info).
 type EphemeralKeys = Arc<RwLock<Vec<([u8; 32], KeyInfo)>>>;
 
+/// Least time between two writes of one key's `last_used_ms`.
+const LAST_USED_EVERY_MS: i64 = 60_000;
+
+/// Per stored key (by hash): when it was last accepted and when that was last written.
+type LastUsed = Arc<std::sync::Mutex<std::collections::HashMap<[u8; 32], (i64, i64)>>>;
+
 /// The key store: persistent keys in sled plus ephemeral ones (e.g. demo's printed key).
 #[derive(Clone)]
 pub struct KeyStore {
     tree: Option<sled::Tree>,
     ephemeral: EphemeralKeys,
+    last_used: LastUsed,
 }
 
 impl KeyStore {
@@ -127,6 +148,7 @@ impl KeyStore {
         KeyStore {
             tree: Some(tree),
             ephemeral: Arc::default(),
+            last_used: Arc::default(),
         }
     }
 
@@ -138,12 +160,20 @@ impl KeyStore {
             scopes: scopes.iter().copied().collect(),
             created_ms: crate::frame::now_ms(),
             id: hex(&h[..4]),
+            last_used_ms: None,
         };
         crate::sync::write(&self.ephemeral).push((h, info));
     }
 
-    /// Create and store a key; returns the key (shown once) and its info.
+    /// Create and store a key; returns the key (shown once) and its info. A name already
+    /// in use is refused: `revoke NAME` must never take more than the key meant.
     pub fn add(&self, name: &str, scopes: &[Scope]) -> Result<(String, KeyInfo), AuthError> {
+        if let Some(existing) = self.list()?.into_iter().find(|k| k.name == name) {
+            return Err(AuthError::Duplicate {
+                name: name.into(),
+                id: existing.id,
+            });
+        }
         let key = generate_key();
         let h = hash(&key);
         let info = KeyInfo {
@@ -151,6 +181,7 @@ impl KeyStore {
             scopes: scopes.iter().copied().collect(),
             created_ms: crate::frame::now_ms(),
             id: hex(&h[..4]),
+            last_used_ms: None,
         };
         if let Some(tree) = &self.tree {
             tree.insert(h, serde_json::to_vec(&info)?)?;
@@ -208,7 +239,58 @@ impl KeyStore {
         }
         // sled's lookup is by the hash itself, so the key never meets a variable-time compare.
         let v = self.tree.as_ref()?.get(h).ok()??;
-        serde_json::from_slice(&v).ok()
+        let info = serde_json::from_slice(&v).ok()?;
+        self.used(h);
+        Some(info)
+    }
+
+    /// Notes that the stored key `h` was accepted now; writes it at most once a minute.
+    fn used(&self, h: [u8; 32]) {
+        let now = crate::frame::now_ms();
+        let due = {
+            let mut map = crate::sync::lock(&self.last_used);
+            let entry = map.entry(h).or_insert((now, i64::MIN));
+            entry.0 = now;
+            let due = now.saturating_sub(entry.1) >= LAST_USED_EVERY_MS;
+            if due {
+                entry.1 = now;
+            }
+            due
+        };
+        if due {
+            self.store_last_used(&h, now);
+        }
+    }
+
+    /// Writes every last-use time not yet stored (at a clean shutdown).
+    pub fn persist_last_used(&self) {
+        let pending: Vec<([u8; 32], i64)> = crate::sync::lock(&self.last_used)
+            .iter_mut()
+            .filter(|(_, (used, stored))| used > stored)
+            .map(|(h, (used, stored))| {
+                *stored = *used;
+                (*h, *used)
+            })
+            .collect();
+        for (h, used) in pending {
+            self.store_last_used(&h, used);
+        }
+    }
+
+    /// Sets a stored key's `last_used_ms` (a revoked key stays gone). The journal's next
+    /// group commit makes it durable.
+    fn store_last_used(&self, h: &[u8; 32], at_ms: i64) {
+        let Some(tree) = &self.tree else {
+            return;
+        };
+        let r = tree.update_and_fetch(h, |old| {
+            let mut info: KeyInfo = serde_json::from_slice(old?).ok()?;
+            info.last_used_ms = Some(at_ms);
+            serde_json::to_vec(&info).ok()
+        });
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "cannot record a key's last use");
+        }
     }
 }
 
@@ -293,10 +375,53 @@ mod tests {
     }
 
     #[test]
+    fn duplicate_names_are_refused() {
+        let db = sled::Config::new().temporary(true).open().expect("db");
+        let store = KeyStore::persistent(db.open_tree("keys").expect("tree"));
+        let (_, first) = store.add("tech", &[Scope::Read]).expect("add");
+        match store.add("tech", &[Scope::Admin]) {
+            Err(AuthError::Duplicate { name, id }) => {
+                assert_eq!((name, id), ("tech".into(), first.id))
+            }
+            other => panic!("second key named tech: {other:?}"),
+        }
+        assert_eq!(store.list().expect("list").len(), 1);
+        store.add("tech2", &[Scope::Read]).expect("another name");
+    }
+
+    #[test]
+    fn last_use_is_stored_once_a_minute_and_at_shutdown() {
+        let db = sled::Config::new().temporary(true).open().expect("db");
+        let store = KeyStore::persistent(db.open_tree("keys").expect("tree"));
+        let (key, _) = store.add("tech", &[Scope::Read]).expect("add");
+        let stored = || store.list().expect("list")[0].last_used_ms;
+        assert_eq!(stored(), None);
+        let before = crate::frame::now_ms();
+        store.verify(&key).expect("valid");
+        let first = stored().expect("first use is stored at once");
+        assert!(first >= before);
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        store.verify(&key).expect("valid");
+        assert_eq!(stored(), Some(first), "not written again within the minute");
+        store.persist_last_used();
+        assert!(
+            stored().expect("stored") > first,
+            "shutdown stores the latest use"
+        );
+        store.revoke("tech").expect("revoke");
+        store.store_last_used(&hash(&key), crate::frame::now_ms());
+        assert!(
+            store.list().expect("list").is_empty(),
+            "a revoked key stays gone"
+        );
+    }
+
+    #[test]
     fn ephemeral_and_admin() {
         let store = KeyStore {
             tree: None,
             ephemeral: Arc::default(),
+            last_used: Arc::default(),
         };
         store.add_ephemeral("demo-key", "demo", &[Scope::Admin]);
         let info = store.verify("demo-key").expect("demo key");

@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// One telemetry record (DESIGN.md §2).
+/// One telemetry record (the contract: docs/architecture.md, "Frame").
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Frame {
     /// Assigned by the journal; strictly increasing per gateway, never reused.
@@ -76,6 +76,13 @@ pub fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+/// Unix ms as ISO 8601 UTC to the second, e.g. `2026-11-30T21:40:05Z` (for people).
+pub fn iso8601(ms: i64) -> String {
+    bson::DateTime::from_millis(ms - ms.rem_euclid(1000))
+        .try_to_rfc3339_string()
+        .unwrap_or_else(|_| format!("@{ms}ms"))
 }
 
 impl Frame {

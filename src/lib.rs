@@ -7,6 +7,7 @@
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod doctor;
 pub mod frame;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]

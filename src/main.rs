@@ -1,10 +1,11 @@
-//! The `fieldgate` command line: run, demo, check-config, keys, journal, tail.
+//! The `fieldgate` command line: run, demo, check-config, keys, journal, tail, doctor.
 
+mod keys_cli;
 mod tail;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use fieldgate::auth::{KeyStore, Scope};
+use fieldgate::auth::Scope;
 use fieldgate::config::{Config, GatewayConfig};
 use fieldgate::journal::{Journal, JournalConfig};
 use fieldgate::service::{self, RunOptions};
@@ -71,12 +72,18 @@ enum Cmd {
     },
     /// Watch live frames from a gateway (filters, backfill, JSON lines).
     Tail(tail::TailArgs),
+    /// Check an installation part by part (config, journal, ports, brokers, MongoDB,
+    /// listener, clock): one line each with a verdict and the fix; exit 0 when none failed.
+    Doctor(fieldgate::doctor::DoctorArgs),
 }
+
+/// The config `keys` and `journal` read when given neither `--config` nor `--data`.
+const DEFAULT_CONFIG: &str = "/etc/fieldgate/fieldgate.toml";
 
 /// Where the journal is: from a config file or a directory.
 #[derive(clap::Args)]
 struct JournalAt {
-    /// Config file naming the journal.
+    /// Config file naming the journal (default: /etc/fieldgate/fieldgate.toml, if it exists).
     #[arg(long, short, global = true)]
     config: Option<PathBuf>,
     /// Journal directory (overrides --config).
@@ -144,7 +151,17 @@ fn init_logging(level: &str) {
 
 impl JournalAt {
     fn journal_config(&self) -> anyhow::Result<JournalConfig> {
-        let mut jc = match &self.config {
+        let default = std::path::Path::new(DEFAULT_CONFIG);
+        let config = match (&self.config, &self.data) {
+            (Some(path), _) => Some(path.as_path()),
+            (None, Some(_)) => None,
+            (None, None) if default.exists() => Some(default),
+            (None, None) => anyhow::bail!(
+                "which journal? {DEFAULT_CONFIG} does not exist here: give the gateway's \
+                 config with --config FILE, or a journal directory with --data DIR"
+            ),
+        };
+        let mut jc = match config {
             Some(path) => Config::load(path)?.journal,
             None => JournalConfig::default(),
         };
@@ -264,38 +281,12 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Keys { cmd, at } => {
-            let journal = Journal::open(at.journal_config()?)?;
-            let store = KeyStore::persistent(journal.tree("keys")?);
-            match cmd {
-                KeysCmd::Add { name, scopes } => {
-                    let (key, info) = store.add(&name, &scopes)?;
-                    let scopes: Vec<String> = info.scopes.iter().map(|s| s.to_string()).collect();
-                    println!("{key}");
-                    eprintln!(
-                        "key {} for {:?} with scopes {}; shown once, store it now",
-                        info.id,
-                        info.name,
-                        scopes.join(",")
-                    );
-                }
-                KeysCmd::List => {
-                    for k in store.list()? {
-                        let scopes: Vec<String> = k.scopes.iter().map(|s| s.to_string()).collect();
-                        println!(
-                            "{}\t{}\t{}\t{}",
-                            k.id,
-                            k.name,
-                            scopes.join(","),
-                            k.created_ms
-                        );
-                    }
-                }
-                KeysCmd::Revoke { which } => {
-                    let n = store.revoke(&which)?;
-                    println!("revoked {n} key(s)");
-                }
-            }
-            journal.close()?;
+            let action = match cmd {
+                KeysCmd::Add { name, scopes } => keys_cli::Action::Add { name, scopes },
+                KeysCmd::List => keys_cli::Action::List,
+                KeysCmd::Revoke { which } => keys_cli::Action::Revoke { which },
+            };
+            keys_cli::run(at.journal_config()?, action)?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Journal { cmd, at } => {
@@ -324,6 +315,15 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             out.flush()?;
             journal.close()?;
             Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Doctor(args) => {
+            let report = runtime()?.block_on(fieldgate::doctor::run(&args));
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.text());
+            }
+            Ok(ExitCode::from(report.exit_code()))
         }
         Cmd::Tail(args) => {
             runtime()?.block_on(tail::run(args))?;

@@ -71,8 +71,10 @@ pub async fn run(cfg: Config, opts: RunOptions) -> anyhow::Result<()> {
         shutdown: shutdown.clone(),
         commands: commands.clone(),
     };
+    // Simulators first: a pty-mode one has its devices in place before the sources that
+    // read them make their first attempt.
     for s in cfg.sources.sim.iter().cloned() {
-        tasks.spawn(sim::run(s.clone(), ctx(&s.name, "sim")));
+        tasks.spawn(sim::start(s.clone(), ctx(&s.name, "sim")));
     }
     // [serial sources]
     for s in cfg.sources.serial.iter().cloned() {
@@ -108,6 +110,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> anyhow::Result<()> {
 
     let sinks_view = sinks.clone();
     let sources_view = sources.clone();
+    let keys_at_exit = keys.clone();
     let state = AppState {
         gateway: gateway.clone(),
         journal: journal.clone(),
@@ -158,6 +161,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> anyhow::Result<()> {
         Err(_) => tracing::warn!("API server did not drain in 5 s"),
         _ => {}
     }
+    keys_at_exit.persist_last_used();
     let j = journal.clone();
     tokio::task::spawn_blocking(move || j.close())
         .await

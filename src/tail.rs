@@ -65,11 +65,37 @@ fn line(f: &Value) -> String {
     )
 }
 
+/// Says once per outage that tail keeps retrying, and why, and once when it is back.
+#[derive(Default)]
+struct Outage {
+    since: Option<std::time::Instant>,
+}
+
+impl Outage {
+    /// A connection attempt failed or the connection ended.
+    fn failed(&mut self, url: &str, why: &dyn std::fmt::Display) {
+        if self.since.is_none() {
+            self.since = Some(std::time::Instant::now());
+            eprintln!(
+                "tail: {url}: {why}; retrying until it answers (at most 10 s apart; Ctrl-C to stop)"
+            );
+        }
+    }
+
+    /// Connected: ends an outage, if there was one.
+    fn connected(&mut self, url: &str) {
+        if let Some(t) = self.since.take() {
+            eprintln!("tail: connected to {url} after {} s", t.elapsed().as_secs());
+        }
+    }
+}
+
 /// Run the client until `--count` frames or Ctrl-C.
 pub async fn run(a: TailArgs) -> anyhow::Result<()> {
     let mut last: Option<u64> = a.from_seq.map(|s| s.saturating_sub(1));
     let mut printed = 0u64;
     let mut delay = Duration::from_millis(250);
+    let mut outage = Outage::default();
     let mut out = std::io::stdout();
     loop {
         let mut req = a.url.as_str().into_client_request().context("--url")?;
@@ -83,13 +109,14 @@ pub async fn run(a: TailArgs) -> anyhow::Result<()> {
                 anyhow::bail!("gateway refused the connection: HTTP {}", resp.status());
             }
             Err(e) => {
-                eprintln!("tail: {e}; retrying in {delay:?}");
+                outage.failed(&a.url, &e);
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(10));
                 continue;
             }
         };
         delay = Duration::from_millis(250);
+        outage.connected(&a.url);
         let sub = json!({"type": "subscribe", "message": "", "data": {
             "devices": list(&a.device), "vehicles": list(&a.vehicle), "kinds": list(&a.kind),
             "from_seq": last.map(|l| l + 1),
@@ -134,7 +161,7 @@ pub async fn run(a: TailArgs) -> anyhow::Result<()> {
                 _ => {}
             }
         }
-        eprintln!("tail: connection closed; reconnecting");
+        outage.failed(&a.url, &"the connection closed");
         tokio::time::sleep(delay).await;
     }
 }

@@ -126,3 +126,40 @@ fn systemd_notify_ready_watchdog_stopping() {
     let st = common::wait_exit(&mut child.child, Duration::from_secs(15)).expect("exit");
     assert!(st.success());
 }
+
+#[test]
+fn demo_starts_without_warnings_and_the_simulator_counts_what_it_produces() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let gw = Gateway::demo(&dir.path().join("journal"), &[]);
+    // Both pty-fed sources journal frames; the simulator itself journals none.
+    gw.get_until(
+        "/api/frames?kind=obd&limit=1",
+        Duration::from_secs(10),
+        |b| b["count"] == 1,
+    );
+    let st = gw.status_until(Duration::from_secs(10), |s| {
+        let sim = &s["sources"]["sim"]["produced"];
+        sim["nmea"].as_u64().unwrap_or(0) >= 3 && sim["elm327"].as_u64().unwrap_or(0) >= 1
+    });
+    let sources = &st["sources"];
+    assert_eq!(sources["sim"]["frames"], 0, "{sources}");
+    for name in ["gps", "obd"] {
+        assert_eq!(sources[name]["state"], "running", "{sources}");
+        assert!(sources[name]["last_error"].is_null(), "{name}: {sources}");
+        assert!(
+            sources[name]["last_error_at_ms"].is_null(),
+            "{name}: {sources}"
+        );
+        assert!(
+            sources[name]["frames"].as_u64().unwrap_or(0) > 0,
+            "{sources}"
+        );
+    }
+    let log = gw.log();
+    assert!(
+        !log.lines()
+            .any(|l| l.contains(" WARN ") || l.contains(" ERROR ")),
+        "the demo's own start-up is not a warning:\n{log}"
+    );
+    assert!(gw.stop().success());
+}

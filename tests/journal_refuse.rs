@@ -1,8 +1,8 @@
-//! A journal is quarantined only when it is corrupt (DESIGN.md §3). Running as the wrong
-//! user, a full disk and a journal in use refuse to start with a message naming the path,
-//! the owner and the fix, exit non-zero, and move nothing; a disk that fills while running
-//! is reported in `/api/status` and `/metrics`. The binary runs for real: as `nobody` via
-//! `setpriv`, on a size-capped tmpfs (both need root, as CI has).
+//! A journal is quarantined only when it is corrupt (docs/architecture.md, "Invariants").
+//! Running as the wrong user, a full disk and a journal in use refuse to start with a
+//! message naming the path, the owner and the fix, exit non-zero, and move nothing; a disk
+//! that fills while running is reported in `/api/status` and `/metrics`. The binary runs
+//! for real: as `nobody` via `setpriv`, on a size-capped tmpfs (both need root, as CI has).
 
 mod common;
 

@@ -1,7 +1,7 @@
-//! One bad document never stops the Mongo sink (DESIGN.md §5), against a real MongoDB-wire
-//! server: payloads BSON cannot hold as-is (a `\0` in a key, an integer beyond i64, more
-//! than 16 MiB) and a document the server refuses (a collection validator) sit in the
-//! middle of a batch, and the whole batch arrives, the odd ones in their exact form.
+//! One bad document never stops the Mongo sink (docs/mongodb.md), against a real
+//! MongoDB-wire server: payloads BSON cannot hold as-is (a `\0` in a key, an integer beyond
+//! i64, more than 16 MiB) and a document the server refuses (a collection validator) sit in
+//! the middle of a batch, and the whole batch arrives, the odd ones in their exact form.
 
 mod common;
 

@@ -1,8 +1,9 @@
-//! Seqs never repeat for a gateway id (DESIGN.md §3), against a real MongoDB-wire server:
-//! after the journal is quarantined or deleted, new frames continue above every seq ever
-//! issued (the floor file beside the journal), and when the floor file is gone too, the
-//! sink lifts the floor above what `frames` holds and sends frames journaled before that
-//! under fresh seqs, counting the collisions. Every frame arrives, exactly once.
+//! Seqs never repeat for a gateway id (docs/architecture.md, "Invariants"), against a real
+//! MongoDB-wire server: after the journal is quarantined or deleted, new frames continue
+//! above every seq ever issued (the floor file beside the journal), and when the floor file
+//! is gone too, the sink lifts the floor above what `frames` holds and sends frames
+//! journaled before that under fresh seqs, counting the collisions. Every frame arrives,
+//! exactly once.
 
 mod common;
 

@@ -187,15 +187,27 @@ fn unplug_shows_waiting_and_replug_at_the_same_path_resumes() {
     dev.write(gga(1).as_bytes());
     src.wait_for(LONG, "first frame", |s| s.frames == 1);
 
+    let before_unplug = fieldgate::frame::now_ms();
     dev.unplug();
     src.wait_for(LONG, "waiting after unplug", |s| s.state == "waiting");
-    assert!(src.state().last_error.is_some());
+    let st = src.state();
+    assert!(st.last_error.is_some());
+    assert!(
+        st.last_error_at_ms.is_some_and(|t| t >= before_unplug),
+        "the error carries its time: {st:?}"
+    );
     // The link now dangles: the source keeps retrying, still waiting.
     std::thread::sleep(Duration::from_millis(600));
     assert_eq!(src.state().state, "waiting");
 
     dev.replug();
     src.wait_for(LONG, "running after replug", |s| s.state == "running");
+    let st = src.state();
+    assert_eq!(
+        (st.last_error, st.last_error_at_ms),
+        (None, None),
+        "running again clears the outage's error"
+    );
     dev.write(gga(2).as_bytes());
     dev.write(gga(3).as_bytes());
     src.wait_for(LONG, "frames after replug", |s| s.frames == 3);

@@ -518,3 +518,57 @@ fn tail_prints_filtered_frames_from_a_seq() {
         common::run_cli(&["tail", "--url", &url, "--key", &k.read, "--count", "3"]);
     assert_eq!((code, out.lines().count()), (0, 3));
 }
+
+#[test]
+fn tail_says_once_that_it_is_retrying_and_why_and_when_it_is_back() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Something on the port that takes connections and drops them: tail's attempts fail,
+    // and the test can count them.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let err_path = dir.path().join("tail.err");
+    let mut tail = std::process::Command::new(common::bin())
+        .args(["tail", "--url", &format!("ws://127.0.0.1:{port}/ws")])
+        .args(["--key", "fg_test_key_0123456789", "--count", "3"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&err_path).expect("stderr file"))
+        .spawn()
+        .expect("spawn tail");
+    let t0 = std::time::Instant::now();
+    for attempt in 1..=3 {
+        let (conn, _) = listener.accept().expect("tail connects");
+        drop(conn);
+        assert!(t0.elapsed() < Duration::from_secs(20), "attempt {attempt}");
+    }
+    drop(listener);
+    let gw = common::Gateway::demo_on(&dir.path().join("journal"), port);
+    let mut out = String::new();
+    tail.stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut out)
+        .expect("tail output");
+    let status = tail.wait().expect("tail exits after --count 3");
+    assert!(status.success());
+    assert_eq!(out.lines().count(), 3, "{out}");
+    let err = std::fs::read_to_string(&err_path).expect("stderr");
+    let retrying: Vec<&str> = err.lines().filter(|l| l.contains("retrying")).collect();
+    assert_eq!(
+        retrying.len(),
+        1,
+        "said once, after 3 failed attempts: {err}"
+    );
+    assert!(
+        retrying[0].contains(&format!("ws://127.0.0.1:{port}/ws: ")),
+        "{err}"
+    );
+    assert_eq!(
+        err.lines()
+            .filter(|l| l.starts_with("tail: connected to "))
+            .count(),
+        1,
+        "{err}"
+    );
+    drop(gw);
+}

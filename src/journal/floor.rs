@@ -1,11 +1,12 @@
 //! The seq floor: a small file beside the journal directory that outlives it.
 //!
-//! Seqs must never repeat for a gateway id (DESIGN.md §3), yet the journal directory can
-//! go: a corrupt one is quarantined, an operator may `rm -rf` it. The floor file
-//! (`<journal>.seq`, e.g. `/var/lib/fieldgate/journal.seq`) holds a seq at or above every
-//! seq the journal has made durable; it is raised before the lease that covers a new seq
-//! is used, and written atomically (temp file, fsync, rename, fsync of the directory), so a
-//! fresh journal continues above it. Its content is the seq in decimal and a newline.
+//! Seqs must never repeat for a gateway id (docs/architecture.md, "Invariants"), yet the
+//! journal directory can go: a corrupt one is quarantined, an operator may `rm -rf` it. The
+//! floor file (`<journal>.seq`, e.g. `/var/lib/fieldgate/journal.seq`) holds a seq at or
+//! above every seq the journal has made durable; it is raised before the lease that covers
+//! a new seq is used, and written atomically (temp file, fsync, rename, fsync of the
+//! directory), so a fresh journal continues above it. Its content is the seq in decimal and
+//! a newline.
 
 use std::fs::{self, File};
 use std::io::{self, Write};

@@ -1,4 +1,4 @@
-//! The MongoDB sink (DESIGN.md §5): store-and-forward of the journal to MongoDB.
+//! The MongoDB sink: store-and-forward of the journal to MongoDB.
 //!
 //! The uplink comes and goes, so this sink never drops and never duplicates: it reads the
 //! journal from its own cursor, writes batches with `insert_many` (`ordered = false`,
@@ -16,6 +16,9 @@ mod frames;
 mod health;
 mod recheck;
 mod registry;
+
+pub(crate) use client::{describe as describe_error, options as client_options};
+pub(crate) use frames::index_keys;
 
 use crate::config::ConfigError;
 use crate::journal::Journal;

@@ -84,7 +84,7 @@ pub enum Decoded {
 }
 
 impl Decoded {
-    /// The frame payload and the device's own timestamp (NMEA RMC), per DESIGN §2.
+    /// The frame payload and the device's own timestamp (NMEA RMC), as `Frame` carries them.
     ///
     /// Text becomes `{"line": ..}`, bytes `{"raw_b64": ..}`, NMEA the fields of
     /// [`nmea::decode`] (or `{"sentence", "raw"}` for kinds it does not decode).

@@ -113,8 +113,15 @@ pub struct SourceState {
     /// `invalid` split by reason (`bad_checksum`, `too_long`, `timeout`, ...), for
     /// `fieldgate_frames_invalid_total{source, reason}`.
     pub invalid_by_reason: BTreeMap<String, u64>,
-    /// Last error, if any.
+    /// Last error, if any; cleared once the source runs again.
     pub last_error: Option<String>,
+    /// When `last_error` happened, unix ms.
+    pub last_error_at_ms: Option<i64>,
+    /// What a simulator produced, by kind: `gps`/`obd` samples journaled (direct mode), or
+    /// `nmea` sentences and `elm327` answers written to its ptys for the serial and OBD
+    /// sources to read (pty mode, where its own `frames` stay 0). Empty for other sources.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub produced: BTreeMap<&'static str, u64>,
     /// Source-specific status (a CAN bus: decoded messages, top unknown ids, ...).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<serde_json::Value>,
@@ -157,6 +164,8 @@ impl SourceStates {
                 invalid: 0,
                 invalid_by_reason: BTreeMap::new(),
                 last_error: None,
+                last_error_at_ms: None,
+                produced: BTreeMap::new(),
                 detail: None,
                 last_beat: Instant::now(),
                 wedged_after: SOURCE_WEDGED_AFTER,
@@ -214,13 +223,18 @@ impl SourceSlot {
         self.update(|s| s.wedged_after = after);
     }
 
-    /// Change the state word (and optionally the last error).
+    /// Change the state word and record `error` (with its time); `running` without an
+    /// error clears the last one: it is over.
     pub fn set_state(&self, state: &str, error: Option<String>) {
         self.update(|s| {
             s.last_beat = Instant::now();
             s.state = state.to_string();
             if error.is_some() {
                 s.last_error = error;
+                s.last_error_at_ms = Some(crate::frame::now_ms());
+            } else if state == "running" {
+                s.last_error = None;
+                s.last_error_at_ms = None;
             }
         });
     }
@@ -230,6 +244,14 @@ impl SourceSlot {
         self.update(|s| {
             s.last_beat = Instant::now();
             s.frames += n;
+        });
+    }
+
+    /// Count `n` items of `kind` written for other sources to read.
+    pub fn add_produced(&self, kind: &'static str, n: u64) {
+        self.update(|s| {
+            s.last_beat = Instant::now();
+            *s.produced.entry(kind).or_default() += n;
         });
     }
 

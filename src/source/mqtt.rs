@@ -20,6 +20,7 @@ use serde::Deserialize;
 use std::path::PathBuf;
 
 pub use task::run;
+pub(crate) use task::{filters, options, patterns};
 
 /// One broker connection and its subscriptions.
 #[derive(Debug, Clone, Deserialize)]

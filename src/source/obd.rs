@@ -91,7 +91,7 @@ impl ObdConfig {
 /// Deadline of an ordinary command.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(1);
 /// Deadline of `ATZ` (the adapter reboots).
-const RESET_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const RESET_TIMEOUT: Duration = Duration::from_secs(5);
 /// Deadline once the adapter said `SEARCHING...` (protocol detection).
 const SEARCH_TIMEOUT: Duration = Duration::from_secs(10);
 /// Failed commands in a row before the adapter is re-initialised.
@@ -112,7 +112,7 @@ enum Ended {
 }
 
 /// Why one command got no reply.
-enum CommandError {
+pub(crate) enum CommandError {
     /// No prompt before the deadline; what arrived so far.
     Timeout(String),
     /// The port failed.
@@ -120,14 +120,26 @@ enum CommandError {
 }
 
 /// An ELM327 on an open port.
-struct Adapter {
+pub(crate) struct Adapter {
     stream: SerialStream,
     buf: Vec<u8>,
 }
 
 impl Adapter {
+    /// The adapter on an open port.
+    pub(crate) fn new(stream: SerialStream) -> Adapter {
+        Adapter {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
     /// Sends `cmd` and returns the reply text up to the `>` prompt.
-    async fn command(&mut self, cmd: &str, timeout: Duration) -> Result<String, CommandError> {
+    pub(crate) async fn command(
+        &mut self,
+        cmd: &str,
+        timeout: Duration,
+    ) -> Result<String, CommandError> {
         let mut scratch = [0u8; 512];
         // A late reply to an earlier, timed-out command must not be taken for this one.
         while let Some(r) = self.stream.read(&mut scratch).now_or_never() {
@@ -228,10 +240,7 @@ impl Poller {
         while !shutdown.is_cancelled() {
             match port::open(&self.cfg.path, baud) {
                 Ok(stream) => {
-                    let mut adapter = Adapter {
-                        stream,
-                        buf: Vec::new(),
-                    };
+                    let mut adapter = Adapter::new(stream);
                     let ended = tokio::select! {
                         _ = shutdown.cancelled() => Ended::Shutdown,
                         ended = self.session(&mut adapter) => ended,

@@ -8,6 +8,7 @@
 use crate::frame::Frame;
 use crate::source::SourceCtx;
 use crate::units::Positive;
+use futures_util::future::BoxFuture;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Deserialize;
@@ -217,12 +218,19 @@ pub fn frames(gateway: &str, cfg: &SimConfig, s: &Sample) -> [Frame; 2] {
     [gps, obd]
 }
 
-/// Run the simulator until shutdown: journaling a gps and an obd frame per interval, or
-/// (`mode = "pty"`) serving them as serial devices.
-pub async fn run(cfg: SimConfig, ctx: SourceCtx) {
+/// Start the simulator. In `pty` mode its pseudo-terminals and links exist when this
+/// returns, so the sources that read them (started after it) never see them missing; the
+/// returned future runs it until shutdown.
+pub fn start(cfg: SimConfig, ctx: SourceCtx) -> BoxFuture<'static, ()> {
     if cfg.mode == SimMode::Pty {
-        return super::sim_devices::run(cfg, ctx).await;
+        let devices = super::sim_devices::SimDevices::open(&cfg);
+        return Box::pin(super::sim_devices::run(devices, cfg, ctx));
     }
+    Box::pin(run(cfg, ctx))
+}
+
+/// Run the in-process simulator until shutdown: a gps and an obd frame per interval.
+async fn run(cfg: SimConfig, ctx: SourceCtx) {
     let SourceCtx {
         gateway,
         journal,
@@ -247,7 +255,11 @@ pub async fn run(cfg: SimConfig, ctx: SourceCtx) {
         }
         let sample = vehicle.step(interval.as_secs_f64());
         match journal.append_many(frames(&gateway, &cfg, &sample).into()) {
-            Ok(_) => slot.add_frames(2),
+            Ok(_) => {
+                slot.add_frames(2);
+                slot.add_produced("gps", 1);
+                slot.add_produced("obd", 1);
+            }
             Err(e) => {
                 slot.set_state("stopped", Some(e.to_string()));
                 tracing::error!(source = %cfg.name, error = %e, "simulator cannot journal; stopping");

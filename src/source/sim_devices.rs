@@ -4,11 +4,11 @@
 //! Feeding the demo through ptys means a newcomer's first run exercises the same path as
 //! a van: the serial source frames NMEA from one pty, the OBD poller talks ELM327 to the
 //! other. Each pty's slave is published as a symlink (`gps_link`, `obd_link`), as udev
-//! would publish `/dev/fieldgate/gps`, so the sources' configs hold stable paths and
-//! simply wait (backoff) until the links exist. The GPS writes like a receiver: it never
-//! waits for a reader, sentences nobody reads are dropped. The adapter answers the init
-//! and mode 01/03 commands from the vehicle's current sample, encoded with the PID table
-//! of [`super::elm327`].
+//! would publish `/dev/fieldgate/gps`, so the sources' configs hold stable paths; the
+//! links exist before those sources start ([`SimDevices::open`]). The GPS writes like a
+//! receiver: it never waits for a reader, sentences nobody reads are dropped. The adapter
+//! answers the init and mode 01/03 commands from the vehicle's current sample, encoded
+//! with the PID table of [`super::elm327`].
 
 use crate::config::ConfigError;
 use crate::source::elm327;
@@ -16,7 +16,7 @@ use crate::source::nmea;
 use crate::source::obd::ObdConfig;
 use crate::source::serial::SerialConfig;
 use crate::source::sim::{Sample, SimConfig, SimMode, Vehicle};
-use crate::source::{SourceCtx, SourcesConfig};
+use crate::source::{SourceCtx, SourceSlot, SourcesConfig};
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::sys::termios;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -107,66 +107,112 @@ pub fn wire_demo(sources: &mut SourcesConfig, dir: &Path) -> Result<(), ConfigEr
     Ok(())
 }
 
-/// The simulator in pty mode: drive the vehicle, write NMEA, answer ELM327, until shutdown.
-pub async fn run(cfg: SimConfig, ctx: SourceCtx) {
-    let dir = std::env::temp_dir().join(format!("fieldgate-{}", cfg.name));
-    let gps_link = cfg.gps_link.clone().unwrap_or_else(|| dir.join("gps"));
-    let obd_link = cfg.obd_link.clone().unwrap_or_else(|| dir.join("obd"));
-    // Directories this run creates for the links are removed again at the end.
-    let made: Vec<PathBuf> = [&gps_link, &obd_link]
-        .iter()
-        .filter_map(|l| l.parent().filter(|d| !d.exists()).map(Path::to_path_buf))
-        .collect();
-    let setup = || -> std::io::Result<(Pty, Pty)> {
+/// The simulator's devices: their ptys, published at their links.
+pub struct SimDevices {
+    gps: Pty,
+    obd: Pty,
+    gps_link: PathBuf,
+    obd_link: PathBuf,
+    /// The CAN adapter's link and pty, when `can_link` is set (its own task serves it).
+    can: Option<(PathBuf, std::io::Result<Pty>)>,
+    /// Directories made for the links, removed again at the end.
+    made: Vec<PathBuf>,
+}
+
+impl SimDevices {
+    /// Opens the ptys and publishes their links (default `$TMPDIR/fieldgate-<name>/`), so
+    /// a source started after this finds its device at the first try.
+    pub fn open(cfg: &SimConfig) -> std::io::Result<SimDevices> {
+        let dir = std::env::temp_dir().join(format!("fieldgate-{}", cfg.name));
+        let gps_link = cfg.gps_link.clone().unwrap_or_else(|| dir.join("gps"));
+        let obd_link = cfg.obd_link.clone().unwrap_or_else(|| dir.join("obd"));
+        let made: Vec<PathBuf> = [&gps_link, &obd_link]
+            .iter()
+            .filter_map(|l| l.parent().filter(|d| !d.exists()).map(Path::to_path_buf))
+            .collect();
         let (gps, obd) = (Pty::open()?, Pty::open()?);
         gps.set_nonblocking()?;
         obd.set_nonblocking()?;
         publish_link(&gps_link, &gps.path)?;
         publish_link(&obd_link, &obd.path)?;
-        Ok((gps, obd))
-    };
-    let (gps, obd) = match setup() {
-        Ok(p) => p,
+        let can = cfg
+            .can_link
+            .clone()
+            .map(|link| (link.clone(), crate::source::can::sim::open(&link)));
+        Ok(SimDevices {
+            gps,
+            obd,
+            gps_link,
+            obd_link,
+            can,
+            made,
+        })
+    }
+
+    /// Removes the links (if still ours) and the directories made for them.
+    fn close(self) {
+        unpublish_link(&self.gps_link, &self.gps.path);
+        unpublish_link(&self.obd_link, &self.obd.path);
+        for dir in self.made {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+/// The simulator in pty mode: drive the vehicle, write NMEA, answer ELM327, until shutdown.
+/// `devices` comes from [`SimDevices::open`], called before the reading sources start.
+pub async fn run(devices: std::io::Result<SimDevices>, cfg: SimConfig, ctx: SourceCtx) {
+    let devices = match devices {
+        Ok(d) => d,
         Err(e) => {
             tracing::error!(source = %cfg.name, error = %e, "simulator cannot create its ptys");
             ctx.slot.set_state("stopped", Some(e.to_string()));
             return;
         }
     };
-    tracing::info!(source = %cfg.name, gps = %gps_link.display(), obd = %obd_link.display(),
-        "simulated GPS and OBD adapter on pseudo-terminals");
+    tracing::info!(source = %cfg.name, gps = %devices.gps_link.display(),
+        obd = %devices.obd_link.display(), "simulated GPS and OBD adapter on pseudo-terminals");
     ctx.slot.set_state("running", None);
-    let interval = Duration::from_millis(cfg.interval_ms.0);
-    let mut vehicle = Vehicle::new(cfg.seed);
-    let (tx, rx) = watch::channel(vehicle.step(0.0));
+    let mut devices = devices;
     let can_stop = ctx.shutdown.child_token();
-    let can_adapter = cfg.can_link.clone().map(|link| {
-        tokio::spawn(crate::source::can::sim::serve(
-            link,
-            tx.subscribe(),
-            interval,
-            can_stop.clone(),
-        ))
-    });
-    let adapter = answer_elm327(&obd, rx);
-    tokio::pin!(adapter);
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = ctx.shutdown.cancelled() => break,
-            r = &mut adapter => {
-                if let Err(e) = r {
-                    tracing::warn!(source = %cfg.name, error = %e, "simulated OBD adapter stopped");
+    let can_adapter;
+    // The adapter task borrows the devices; it ends with this block, before they close.
+    {
+        let interval = Duration::from_millis(cfg.interval_ms.0);
+        let mut vehicle = Vehicle::new(cfg.seed);
+        let (tx, rx) = watch::channel(vehicle.step(0.0));
+        can_adapter = devices.can.take().map(|(link, pty)| {
+            tokio::spawn(crate::source::can::sim::serve(
+                pty,
+                link,
+                tx.subscribe(),
+                interval,
+                can_stop.clone(),
+                ctx.slot.clone(),
+            ))
+        });
+        let adapter = answer_elm327(&devices.obd, rx, &ctx.slot);
+        tokio::pin!(adapter);
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ctx.shutdown.cancelled() => break,
+                r = &mut adapter => {
+                    if let Err(e) = r {
+                        tracing::warn!(source = %cfg.name, error = %e, "simulated OBD adapter stopped");
+                    }
+                    break;
                 }
-                break;
-            }
-            _ = tick.tick() => {
-                let sample = vehicle.step(interval.as_secs_f64());
-                let sentences = nmea_sentences(&sample, crate::frame::now_ms());
-                // A receiver does not wait: with nobody reading, sentences are dropped.
-                let _ = nix::unistd::write(gps.master.as_fd(), sentences.as_bytes());
-                tx.send_replace(sample);
+                _ = tick.tick() => {
+                    let sample = vehicle.step(interval.as_secs_f64());
+                    let sentences = nmea_sentences(&sample, crate::frame::now_ms());
+                    // A receiver does not wait: with nobody reading, sentences are dropped.
+                    if nix::unistd::write(devices.gps.master.as_fd(), sentences.as_bytes()).is_ok() {
+                        ctx.slot.add_produced("nmea", NMEA_PER_SAMPLE);
+                    }
+                    tx.send_replace(sample);
+                }
             }
         }
     }
@@ -174,13 +220,12 @@ pub async fn run(cfg: SimConfig, ctx: SourceCtx) {
     if let Some(task) = can_adapter {
         let _ = task.await;
     }
-    unpublish_link(&gps_link, &gps.path);
-    unpublish_link(&obd_link, &obd.path);
-    for dir in made {
-        let _ = std::fs::remove_dir(dir);
-    }
+    devices.close();
     ctx.slot.set_state("stopped", None);
 }
+
+/// Sentences [`nmea_sentences`] writes per sample (RMC, GGA, VTG).
+const NMEA_PER_SAMPLE: u64 = 3;
 
 /// `ddmm.mmmm` (or `dddmm.mmmm`) and hemisphere.
 fn nmea_coord(v: f64, deg_digits: usize, pos: char, neg: char) -> (String, char) {
@@ -312,8 +357,12 @@ fn elm_answer(cmd: &str, st: &mut ElmState, s: &Sample) -> Result<Vec<u8>, &'sta
     }
 }
 
-/// Serves ELM327 commands on `pty`'s master until the pty fails.
-async fn answer_elm327(pty: &Pty, rx: watch::Receiver<Sample>) -> std::io::Result<()> {
+/// Serves ELM327 commands on `pty`'s master until the pty fails; counts the answers.
+async fn answer_elm327(
+    pty: &Pty,
+    rx: watch::Receiver<Sample>,
+    slot: &SourceSlot,
+) -> std::io::Result<()> {
     let owned = pty.master.as_fd().try_clone_to_owned()?;
     // SAFETY: `owned` is a descriptor we own outright; the AsyncFd holds it (and so keeps it
     // open and unchanged) until it is dropped.
@@ -368,6 +417,7 @@ async fn answer_elm327(pty: &Pty, rx: watch::Receiver<Sample>) -> std::io::Resul
             out.push('>');
             st.last = cmd;
             write_all(&fd, out.as_bytes()).await?;
+            slot.add_produced("elm327", 1);
         }
     }
 }

@@ -61,7 +61,15 @@ impl Gateway {
 
     /// `fieldgate demo` with extra environment variables.
     pub fn demo_env(data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Gateway {
-        let port = free_port();
+        Gateway::demo_at(data, free_port(), extra, env)
+    }
+
+    /// `fieldgate demo` on a given port.
+    pub fn demo_on(data: &Path, port: u16) -> Gateway {
+        Gateway::demo_at(data, port, &[], &[])
+    }
+
+    fn demo_at(data: &Path, port: u16, extra: &[&str], env: &[(&str, &str)]) -> Gateway {
         let key = "fg_test_key_0123456789".to_string();
         let listen = format!("127.0.0.1:{port}");
         let mut args = vec!["demo", "--listen", &listen, "--api-key", &key];
@@ -220,6 +228,33 @@ pub fn http_get(url: &str, key: Option<&str>) -> (u16, serde_json::Value) {
             Err(e) => panic!("GET {url}: {e}"),
         }
     })
+}
+
+/// `chown -R user: path` (the tests run as root).
+pub fn chown(path: &Path, user: &str) {
+    let st = Command::new("chown")
+        .arg("-R")
+        .arg(format!("{user}:"))
+        .arg(path)
+        .status()
+        .expect("chown");
+    assert!(st.success(), "chown {user} {}", path.display());
+}
+
+/// Run the binary as `nobody` (`setpriv`, the tests run as root); returns (exit code,
+/// stdout, stderr).
+pub fn run_cli_as_nobody(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new("setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+        .arg(bin())
+        .args(args)
+        .output()
+        .expect("setpriv (util-linux)");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// Blocking GET with an API key returning (status, body text), e.g. for `/metrics`.

@@ -1,6 +1,6 @@
-//! Test helpers for the mongo tests: a real MongoDB-wire server (SecantusDB, DESIGN.md §9)
-//! on a free loopback port with its own storage directory, which can be stopped and started
-//! again on the same port and data.
+//! Test helpers for the mongo tests: a real MongoDB-wire server (SecantusDB; see "Test
+//! services" in docs/architecture.md) on a free loopback port with its own storage
+//! directory, which can be stopped and started again on the same port and data.
 //!
 //! When `FIELDGATE_TEST_MONGODB_URI` is set (a real mongod), that server is used instead.
 //! The tests cannot stop an external server, so it is reached through a loopback TCP
@@ -49,7 +49,7 @@ pub fn secantusd_path() -> PathBuf {
         });
     assert!(
         p.exists(),
-        "SecantusDB server not found at {} — install it as DESIGN.md §9 says \
+        "SecantusDB server not found at {} — install it as \"Test services\" in docs/architecture.md says \
          (scripts/test does) or set FIELDGATE_TEST_SECANTUSD / FIELDGATE_TEST_MONGODB_URI",
         p.display()
     );

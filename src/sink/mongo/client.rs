@@ -72,7 +72,7 @@ pub(super) async fn sleep_or_stop(d: Duration, stop: &CancellationToken) -> bool
 }
 
 /// Client options from the config: the URI's own settings plus ours.
-pub(super) async fn options(cfg: &MongoConfig) -> Result<ClientOptions, Error> {
+pub(crate) async fn options(cfg: &MongoConfig) -> Result<ClientOptions, Error> {
     let mut opts = ClientOptions::parse(&cfg.uri).await?;
     opts.retry_writes = Some(true);
     opts.write_concern = Some(cfg.write_concern());
@@ -151,7 +151,7 @@ where
 }
 
 /// A short, single-line description of a driver error for the status page.
-pub(super) fn describe(e: &Error) -> String {
+pub(crate) fn describe(e: &Error) -> String {
     let s = e.to_string();
     let s = s.replace('\n', " ");
     if s.len() > 400 {

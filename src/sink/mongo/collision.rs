@@ -1,4 +1,4 @@
-//! Seqs MongoDB already holds for other frames (DESIGN.md §3: seqs never repeat).
+//! Seqs MongoDB already holds for other frames (seqs never repeat: docs/architecture.md).
 //!
 //! The journal never reissues a seq while its floor file lives, but the floor can be lost
 //! together with the journal (a new SD card), and a second gateway may be configured with

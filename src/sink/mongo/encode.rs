@@ -1,4 +1,4 @@
-//! Frame → MongoDB document, one frame at a time (DESIGN.md §2, §5).
+//! Frame → MongoDB document, one frame at a time (docs/mongodb.md).
 //!
 //! The document is the frame's fields with `_id = "<gateway>:<seq>"`, `ts` (and
 //! `device_ts`) as BSON DateTimes, `h` (the content hash, see [`content_hash`]) and the

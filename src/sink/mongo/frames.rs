@@ -266,20 +266,25 @@ async fn next_batch(
         .ok()
 }
 
-/// Create the query indexes of DESIGN.md §5; true when the server confirmed them. A failure
+/// The query indexes of `frames`: by device and by vehicle, newest first, and by seq.
+pub(crate) fn index_keys() -> [Document; 3] {
+    [
+        doc! {"device": 1, "ts": -1},
+        doc! {"vehicle": 1, "ts": -1},
+        doc! {"gateway": 1, "seq": 1},
+    ]
+}
+
+/// Create the query indexes ([`index_keys`]); true when the server confirmed them. A failure
 /// while writes work is recorded (and logged once per retry period), not an outage.
 async fn ensure_indexes(
     coll: &Collection<Document>,
     health: &Health,
     shutdown: &CancellationToken,
 ) -> bool {
-    let models = [
-        doc! {"device": 1, "ts": -1},
-        doc! {"vehicle": 1, "ts": -1},
-        doc! {"gateway": 1, "seq": 1},
-    ]
-    .into_iter()
-    .map(|keys| IndexModel::builder().keys(keys).build());
+    let models = index_keys()
+        .into_iter()
+        .map(|keys| IndexModel::builder().keys(keys).build());
     let op = tokio::time::timeout(OP_TIMEOUT, coll.create_indexes(models).into_future());
     let r = tokio::select! {
         _ = shutdown.cancelled() => return false,

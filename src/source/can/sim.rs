@@ -14,7 +14,7 @@ use super::{slcan, CanFrame};
 use crate::config::ConfigError;
 use crate::source::sim::Sample;
 use crate::source::sim_devices::{publish_link, Pty};
-use crate::source::SourcesConfig;
+use crate::source::{SourceSlot, SourcesConfig};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -139,21 +139,27 @@ fn answer(line: &[u8], open: &mut bool, normal: &mut bool) -> &'static [u8] {
     }
 }
 
-/// Serves the adapter on a pty published at `link` until `stop`; frames of the latest
-/// sample go out every `interval` while the host has the channel open.
+/// Opens the adapter's pty and publishes it at `link` (before the `can` source starts, so
+/// it finds the device at its first try).
+pub fn open(link: &Path) -> std::io::Result<Pty> {
+    let pty = Pty::open()?;
+    pty.set_nonblocking()?;
+    publish_link(link, &pty.path)?;
+    Ok(pty)
+}
+
+/// Serves the adapter on `pty` (from [`open`], published at `link`) until `stop`; frames
+/// of the latest sample go out every `interval` while the host has the channel open, and
+/// are counted in the simulator's `produced` as `can`.
 pub async fn serve(
+    pty: std::io::Result<Pty>,
     link: PathBuf,
     rx: watch::Receiver<Sample>,
     interval: Duration,
     stop: CancellationToken,
+    slot: SourceSlot,
 ) {
-    let setup = || -> std::io::Result<Pty> {
-        let pty = Pty::open()?;
-        pty.set_nonblocking()?;
-        publish_link(&link, &pty.path)?;
-        Ok(pty)
-    };
-    let pty = match setup() {
+    let pty = match pty {
         Ok(p) => p,
         Err(e) => {
             tracing::warn!(link = %link.display(), error = %e, "simulated CAN adapter not started");
@@ -165,7 +171,7 @@ pub async fn serve(
         tracing::warn!(error = %e, "simulated CAN adapter has no DBC");
     }
     tracing::info!(can = %link.display(), "simulated CAN adapter (SLCAN) on a pseudo-terminal");
-    if let Err(e) = run_adapter(&pty, &db, rx, interval, &stop).await {
+    if let Err(e) = run_adapter(&pty, &db, rx, interval, &stop, &slot).await {
         tracing::warn!(error = %e, "simulated CAN adapter stopped");
     }
     if std::fs::read_link(&link).is_ok_and(|t| t == pty.path) {
@@ -179,6 +185,7 @@ async fn run_adapter(
     rx: watch::Receiver<Sample>,
     interval: Duration,
     stop: &CancellationToken,
+    slot: &SourceSlot,
 ) -> std::io::Result<()> {
     let owned: OwnedFd = pty.master.as_fd().try_clone_to_owned()?;
     // SAFETY: `owned` is a descriptor we own outright; the AsyncFd keeps it until dropped.
@@ -196,10 +203,13 @@ async fn run_adapter(
                     continue;
                 }
                 let sample = rx.borrow().clone();
-                let bytes: Vec<u8> = frames(db, &sample, wheel).iter().flat_map(slcan::encode).collect();
+                let sent = frames(db, &sample, wheel);
+                let bytes: Vec<u8> = sent.iter().flat_map(slcan::encode).collect();
                 wheel = (wheel + 1) % 4;
                 // An adapter does not wait for a reader: a full pty drops the frames.
-                let _ = nix::unistd::write(fd.get_ref(), &bytes);
+                if nix::unistd::write(fd.get_ref(), &bytes).is_ok() {
+                    slot.add_produced("can", sent.len() as u64);
+                }
             }
             guard = fd.readable() => {
                 let mut guard = guard?;

@@ -51,6 +51,56 @@ pub async fn run(cfg: MqttConfig, ctx: SourceCtx) {
     .await
 }
 
+/// The parsed topic patterns of a config's subscriptions.
+pub(crate) fn patterns(cfg: &MqttConfig) -> Result<Vec<TopicPattern>, String> {
+    cfg.subscriptions
+        .iter()
+        .map(|s| TopicPattern::parse(&s.topic).map_err(|e| format!("{}: {e}", s.topic)))
+        .collect()
+}
+
+/// The connection options a config asks for: persistent session under its client id,
+/// manual acks, keep-alive, packet limits, credentials, TLS.
+pub(crate) fn options(cfg: &MqttConfig) -> Result<MqttOptions, String> {
+    let addr = parse_url(&cfg.url)?;
+    if cfg.client_id.is_empty() {
+        return Err("client_id must not be empty".into());
+    }
+    let mut o = MqttOptions::new(cfg.client_id.clone(), addr.host.clone(), addr.port);
+    o.set_clean_session(false)
+        .set_manual_acks(true)
+        .set_keep_alive(Duration::from_secs(cfg.keep_alive_s.0.max(1)));
+    let incoming = cfg
+        .max_packet
+        .0
+        .max(cfg.max_frame.0.saturating_add(PACKET_OVERHEAD));
+    o.set_max_packet_size(usize::try_from(incoming).unwrap_or(usize::MAX), 64 << 10);
+    if let Some(user) = &cfg.username {
+        o.set_credentials(user.clone(), cfg.password.clone().unwrap_or_default());
+    }
+    if addr.tls {
+        let tls = tls::client_config(cfg.ca_file.as_deref()).map_err(|e| e.to_string())?;
+        o.set_transport(Transport::tls_with_config(tls));
+    }
+    Ok(o)
+}
+
+/// The SUBSCRIBE filters for `patterns` (from [`patterns`]) at each subscription's QoS.
+pub(crate) fn filters(cfg: &MqttConfig, patterns: &[TopicPattern]) -> Vec<SubscribeFilter> {
+    cfg.subscriptions
+        .iter()
+        .zip(patterns)
+        .map(|(s, p)| {
+            let qos = if s.qos == 0 {
+                QoS::AtMostOnce
+            } else {
+                QoS::AtLeastOnce
+            };
+            SubscribeFilter::new(p.filter(), qos)
+        })
+        .collect()
+}
+
 /// Make `command`s for the frame's device publish to its command topic on this broker.
 fn route_commands(
     pattern: &str,
@@ -107,31 +157,8 @@ struct Source {
 
 impl Source {
     fn new(cfg: MqttConfig, ctx: &SourceCtx) -> Result<Source, String> {
-        let addr = parse_url(&cfg.url)?;
-        let patterns = cfg
-            .subscriptions
-            .iter()
-            .map(|s| TopicPattern::parse(&s.topic).map_err(|e| format!("{}: {e}", s.topic)))
-            .collect::<Result<Vec<_>, _>>()?;
-        if cfg.client_id.is_empty() {
-            return Err("client_id must not be empty".into());
-        }
-        let mut o = MqttOptions::new(cfg.client_id.clone(), addr.host.clone(), addr.port);
-        o.set_clean_session(false)
-            .set_manual_acks(true)
-            .set_keep_alive(Duration::from_secs(cfg.keep_alive_s.0.max(1)));
-        let incoming = cfg
-            .max_packet
-            .0
-            .max(cfg.max_frame.0.saturating_add(PACKET_OVERHEAD));
-        o.set_max_packet_size(usize::try_from(incoming).unwrap_or(usize::MAX), 64 << 10);
-        if let Some(user) = &cfg.username {
-            o.set_credentials(user.clone(), cfg.password.clone().unwrap_or_default());
-        }
-        if addr.tls {
-            let tls = tls::client_config(cfg.ca_file.as_deref()).map_err(|e| e.to_string())?;
-            o.set_transport(Transport::tls_with_config(tls));
-        }
+        let patterns = patterns(&cfg)?;
+        let o = options(&cfg)?;
         tracing::info!(
             gateway = %ctx.gateway,
             client_id = %cfg.client_id,
@@ -148,20 +175,7 @@ impl Source {
 
     /// The SUBSCRIBE for every configured pattern.
     fn subscribe_request(&self) -> Request {
-        let filters = self
-            .cfg
-            .subscriptions
-            .iter()
-            .zip(&self.patterns)
-            .map(|(s, p)| {
-                let qos = if s.qos == 0 {
-                    QoS::AtMostOnce
-                } else {
-                    QoS::AtLeastOnce
-                };
-                SubscribeFilter::new(p.filter(), qos)
-            });
-        Request::Subscribe(Subscribe::new_many(filters))
+        Request::Subscribe(Subscribe::new_many(filters(&self.cfg, &self.patterns)))
     }
 
     async fn run(mut self, ctx: SourceCtx) {
