@@ -187,6 +187,15 @@ impl Config {
                 ),
             ));
         }
+        if self.journal.pending_max_bytes.0 < 64 * 1024 {
+            return Err(ConfigError::invalid(
+                "journal.pending_max_bytes",
+                format!(
+                    "expected at least 64KiB (a few MiB is right), got {} bytes",
+                    self.journal.pending_max_bytes.0
+                ),
+            ));
+        }
         if let Err(e) = self
             .log
             .level

@@ -3,8 +3,15 @@
 //! This module is the one place that decides a frame's journal encoding and its MongoDB
 //! `_id` (`"<gateway>:<seq>"`), so every replay of a frame lands on the same document. The
 //! rest of the MongoDB document is the sink's business (`sink::mongo::encode`).
+//!
+//! A stored record keeps the payload as JSON text, so readers that only pass frames on
+//! (live relay, API, WebSocket replay) or only need routing fields (the live status) take
+//! it as a [`RecordView`] or [`RawFrame`] instead of a [`Frame`]: a 64 KiB payload of small
+//! numbers is ~32,000 `Value`s (over 1 MB) as a tree and 64 KiB as text. Both serialize to
+//! exactly the JSON of the [`Frame`].
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 /// One telemetry record (the contract: docs/architecture.md, "Frame").
@@ -28,6 +35,71 @@ pub struct Frame {
     pub device_ts_ms: Option<i64>,
     /// Decoded fields; undecodable bytes as `{"raw_b64": "..."}`.
     pub payload: Value,
+}
+
+/// A stored frame with its payload left as JSON text: serializes to the same JSON as the
+/// [`Frame`] it was journaled from, without parsing the payload into a tree.
+#[derive(Debug, Clone, Serialize)]
+pub struct RawFrame {
+    /// Journal seq.
+    pub seq: u64,
+    /// Gateway id.
+    pub gateway: String,
+    /// Where it came from.
+    pub source: String,
+    /// Device id.
+    pub device: String,
+    /// Vehicle id, if known.
+    pub vehicle: Option<String>,
+    /// Frame kind.
+    pub kind: String,
+    /// Gateway receive time, unix ms.
+    pub ts_ms: i64,
+    /// Time reported by the device, unix ms, if any.
+    pub device_ts_ms: Option<i64>,
+    /// The payload, as stored.
+    pub payload: Box<RawValue>,
+}
+
+/// The fields of a stored record, borrowed from it (the payload checked to be JSON, not
+/// parsed into a tree).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct RecordView<'a> {
+    /// Journal seq.
+    pub seq: u64,
+    /// Gateway id.
+    pub gateway: &'a str,
+    /// Where it came from.
+    pub source: &'a str,
+    /// Device id.
+    pub device: &'a str,
+    /// Vehicle id, if known.
+    pub vehicle: Option<&'a str>,
+    /// Frame kind.
+    pub kind: &'a str,
+    /// Gateway receive time, unix ms.
+    pub ts_ms: i64,
+    /// Time reported by the device, unix ms, if any.
+    pub device_ts_ms: Option<i64>,
+    /// The payload's JSON text.
+    pub payload: &'a RawValue,
+}
+
+impl RecordView<'_> {
+    /// The frame, payload kept as text.
+    pub fn to_raw(&self) -> RawFrame {
+        RawFrame {
+            seq: self.seq,
+            gateway: self.gateway.to_string(),
+            source: self.source.to_string(),
+            device: self.device.to_string(),
+            vehicle: self.vehicle.map(str::to_string),
+            kind: self.kind.to_string(),
+            ts_ms: self.ts_ms,
+            device_ts_ms: self.device_ts_ms,
+            payload: self.payload.to_owned(),
+        }
+    }
 }
 
 /// Errors decoding a journal record.
@@ -58,6 +130,19 @@ struct RecordV1<'a> {
     ts_ms: i64,
     device_ts_ms: Option<i64>,
     payload: &'a str,
+}
+
+impl<'a> RecordV1<'a> {
+    /// The fields of a journal record, borrowed from its bytes.
+    fn decode(bytes: &'a [u8]) -> Result<Self, DecodeError> {
+        let (version, body) = bytes.split_first().ok_or(DecodeError::Postcard(
+            postcard::Error::DeserializeUnexpectedEnd,
+        ))?;
+        if *version != ENCODING_V1 {
+            return Err(DecodeError::Version(*version));
+        }
+        Ok(postcard::from_bytes(body)?)
+    }
 }
 
 /// The journal key for a seq: 8-byte big-endian, so key order is seq order.
@@ -130,13 +215,7 @@ impl Frame {
 
     /// Decode a journal record stored under `seq`.
     pub fn decode(seq: u64, bytes: &[u8]) -> Result<Frame, DecodeError> {
-        let (version, body) = bytes.split_first().ok_or(DecodeError::Postcard(
-            postcard::Error::DeserializeUnexpectedEnd,
-        ))?;
-        if *version != ENCODING_V1 {
-            return Err(DecodeError::Version(*version));
-        }
-        let rec: RecordV1 = postcard::from_bytes(body)?;
+        let rec = RecordV1::decode(bytes)?;
         Ok(Frame {
             seq,
             gateway: rec.gateway.to_string(),
@@ -144,6 +223,23 @@ impl Frame {
             device: rec.device.to_string(),
             vehicle: rec.vehicle.map(str::to_string),
             kind: rec.kind.to_string(),
+            ts_ms: rec.ts_ms,
+            device_ts_ms: rec.device_ts_ms,
+            payload: serde_json::from_str(rec.payload)?,
+        })
+    }
+
+    /// Borrow the fields of a journal record stored under `seq`; the payload is checked to
+    /// be JSON (a scan, no tree).
+    pub fn view(seq: u64, bytes: &[u8]) -> Result<RecordView<'_>, DecodeError> {
+        let rec = RecordV1::decode(bytes)?;
+        Ok(RecordView {
+            seq,
+            gateway: rec.gateway,
+            source: rec.source,
+            device: rec.device,
+            vehicle: rec.vehicle,
+            kind: rec.kind,
             ts_ms: rec.ts_ms,
             device_ts_ms: rec.device_ts_ms,
             payload: serde_json::from_str(rec.payload)?,
@@ -195,11 +291,32 @@ mod tests {
     }
 
     #[test]
+    fn raw_and_view_match_the_frame() {
+        let f = sample();
+        let bytes = f.encode();
+        let v = Frame::view(42, &bytes).expect("view");
+        let json = serde_json::to_string(&f).expect("frame json");
+        assert_eq!(serde_json::to_string(&v).expect("view json"), json);
+        assert_eq!(
+            serde_json::to_string(&v.to_raw()).expect("raw json"),
+            json,
+            "views and raw frames serialize exactly as the frame"
+        );
+        assert_eq!(
+            (v.seq, v.device, v.vehicle, v.kind),
+            (42, "gps0", Some("van-07"), "gps")
+        );
+        assert_eq!(v.payload.get(), f.payload.to_string());
+    }
+
+    #[test]
     fn corrupt_records_are_errors() {
         let bytes = sample().encode();
         assert!(Frame::decode(1, &[]).is_err());
         assert!(Frame::decode(1, &[9, 1, 2]).is_err());
         assert!(Frame::decode(1, &bytes[..bytes.len() / 2]).is_err());
+        assert!(Frame::view(1, &bytes[..bytes.len() / 2]).is_err());
+        assert!(Frame::view(1, &[]).is_err());
     }
 
     #[test]

@@ -8,6 +8,11 @@
 //! file beside the directory (see `floor`), so not after a quarantine or a deleted journal
 //! either. The same thread enforces the byte cap (drop-oldest eviction) and retention
 //! (prune what every sink acknowledged).
+//!
+//! The write queue is bounded in bytes (`pending_max_bytes`) and never drops: a full queue
+//! refuses appends ([`JournalError::Full`]) so that the source applies backpressure (MQTT
+//! stops reading from its broker, see [`Journal::wait_room`]) or counts the loss (serial).
+//! The durable seq only ever covers frames that were written.
 
 pub(crate) mod chunk;
 mod floor;
@@ -19,7 +24,7 @@ mod stats;
 pub use open::Quarantine;
 pub use stats::JournalStats;
 
-use crate::frame::{key_seq, seq_key, Frame};
+use crate::frame::{key_seq, seq_key, DecodeError, Frame, RawFrame, RecordView};
 use crate::sync::lock;
 use crate::units::{ByteSize, HumanDuration, Positive};
 use floor::SeqFloor;
@@ -27,6 +32,7 @@ use serde::Deserialize;
 use stats::Counters;
 use std::collections::{BTreeSet, VecDeque};
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -36,8 +42,8 @@ use tokio::sync::{broadcast, watch};
 const SEQ_LEASE: u64 = 10_000;
 /// Capacity of the live broadcast channel (frames), per subscriber.
 const LIVE_CAPACITY: usize = 4_096;
-/// Most frames held in memory awaiting a write; beyond it (disk failing) the oldest go.
-const PENDING_MAX: usize = 262_144;
+/// Bytes counted per queued frame on top of its encoded record (queue slot, Arc, Vec).
+const PENDING_OVERHEAD: u64 = 64;
 
 /// `[journal]` config section.
 #[derive(Debug, Clone, Deserialize)]
@@ -53,6 +59,10 @@ pub struct JournalConfig {
     pub retention: HumanDuration,
     /// sled page cache size.
     pub cache_bytes: ByteSize,
+    /// Most bytes of appended frames waiting for their write (encoded size + 64 per frame).
+    /// A full queue refuses appends: MQTT stops reading from the broker, serial sources
+    /// count `overrun` drops. Nothing in the queue is ever dropped.
+    pub pending_max_bytes: ByteSize,
 }
 
 impl Default for JournalConfig {
@@ -63,6 +73,7 @@ impl Default for JournalConfig {
             flush_ms: Positive(20),
             retention: HumanDuration(Duration::from_secs(7 * 86_400)),
             cache_bytes: ByteSize(4 << 20),
+            pending_max_bytes: ByteSize(4 << 20),
         }
     }
 }
@@ -89,6 +100,19 @@ pub enum JournalError {
     /// The directory could not be moved aside or recreated.
     #[error("cannot quarantine journal: {0}")]
     Io(#[from] std::io::Error),
+    /// The write queue cannot take these frames now (the disk is slow or failing); nothing
+    /// was appended. [`Journal::wait_room`] waits until it can.
+    #[error("journal write queue full: {pending} of {max} bytes wait for the disk, {frames} frames ({needed} bytes) refused")]
+    Full {
+        /// Encoded bytes of the refused frames.
+        needed: u64,
+        /// How many frames were refused.
+        frames: u64,
+        /// Bytes queued.
+        pending: u64,
+        /// `pending_max_bytes`.
+        max: u64,
+    },
 }
 
 /// Cheap-to-clone handle to the journal.
@@ -101,16 +125,34 @@ pub struct Journal {
 /// A frame as live subscribers get it: with the moment it was appended.
 #[derive(Debug, Clone)]
 pub struct Appended {
-    /// The frame, seq assigned.
-    pub frame: Arc<Frame>,
+    /// Its seq.
+    pub seq: u64,
+    /// Its journal record (see [`Appended::view`]), shared with the write queue.
+    pub record: Arc<Vec<u8>>,
     /// When `append` took it (the start of the relay's own latency).
     pub at: Instant,
 }
 
-/// A frame appended but not yet written to sled by the flusher.
+impl Appended {
+    /// The frame's fields, borrowed from its record (no payload tree is built).
+    pub fn view(&self) -> Result<RecordView<'_>, DecodeError> {
+        Frame::view(self.seq, &self.record)
+    }
+}
+
+/// A frame appended but not yet written to sled by the flusher: its record only (a
+/// `Frame`'s payload tree can be many times the record's size).
 struct Pending {
-    frame: Arc<Frame>,
+    seq: u64,
+    ts_ms: i64,
     record: Arc<Vec<u8>>,
+}
+
+impl Pending {
+    /// What this entry counts against `pending_max_bytes`.
+    fn cost(&self) -> u64 {
+        self.record.len() as u64 + PENDING_OVERHEAD
+    }
 }
 
 /// Seq allocation state; held while a frame is appended so pending order is seq order.
@@ -119,6 +161,30 @@ struct WriteState {
     lease_end: u64,
     closed: bool,
     pending: VecDeque<Pending>,
+    /// Sum of the queued entries' [`Pending::cost`].
+    pending_bytes: u64,
+}
+
+impl WriteState {
+    /// Whether `frames` frames counting `bytes` can be queued now without waiting for the
+    /// disk: within `max` bytes and the seqs already leased (the flusher extends the lease
+    /// as it commits). An empty queue takes anything.
+    fn fits(&self, frames: u64, bytes: u64, max: u64) -> bool {
+        self.pending.is_empty()
+            || (self.pending_bytes + bytes <= max && self.next_seq + frames <= self.lease_end + 1)
+    }
+}
+
+/// Flow control between appenders and the flusher.
+#[derive(Default)]
+struct Flow {
+    /// Notified whenever a commit frees room in the queue, and on close.
+    room: tokio::sync::Notify,
+    /// Commit now instead of at the end of the `flush_ms` window.
+    urgent: AtomicBool,
+    /// Test hook: held to stall commits, as a disk that stopped answering does.
+    #[cfg(test)]
+    stall: Mutex<()>,
 }
 
 struct Inner {
@@ -134,6 +200,7 @@ struct Inner {
     wake: (Mutex<bool>, Condvar),
     sinks: Mutex<BTreeSet<String>>,
     quarantine: Option<Quarantine>,
+    flow: Flow,
     /// The seq floor file; its mutex also orders lease writes.
     floor: Mutex<SeqFloor>,
     /// `<journal>.lock`, held while open.
@@ -255,6 +322,7 @@ impl Journal {
                 lease_end,
                 closed: false,
                 pending: VecDeque::new(),
+                pending_bytes: 0,
             }),
             counters,
             durable,
@@ -262,6 +330,7 @@ impl Journal {
             wake: (Mutex::new(false), Condvar::new()),
             sinks: Mutex::new(BTreeSet::new()),
             quarantine,
+            flow: Flow::default(),
             floor: Mutex::new(floor),
             _lock: lock_file,
         });
@@ -288,59 +357,121 @@ impl Journal {
         Ok(*seqs.end())
     }
 
-    /// Append several frames at once; returns the seq range they received.
+    /// Append several frames at once; returns the seq range they received. When the write
+    /// queue is full the frames are dropped with [`JournalError::Full`]; see
+    /// [`Journal::try_append_many`] to keep them.
     pub fn append_many(
         &self,
-        frames: Vec<Frame>,
+        mut frames: Vec<Frame>,
+    ) -> Result<std::ops::RangeInclusive<u64>, JournalError> {
+        self.try_append_many(&mut frames)
+    }
+
+    /// Append all of `frames` (emptying it) or, when the write queue cannot take them, none
+    /// ([`JournalError::Full`], `frames` untouched). An empty queue takes any batch.
+    pub fn try_append_many(
+        &self,
+        frames: &mut Vec<Frame>,
     ) -> Result<std::ops::RangeInclusive<u64>, JournalError> {
         let inner = &self.inner;
+        let at = Instant::now();
+        // Records carry no seq, so they are encoded before the lock is taken.
+        let records: Vec<Vec<u8>> = frames.iter().map(Frame::encode).collect();
+        let needed: u64 = records
+            .iter()
+            .map(|r| r.len() as u64 + PENDING_OVERHEAD)
+            .sum();
+        let max = inner.cfg.pending_max_bytes.0;
         let mut st = lock(&inner.write);
         if st.closed {
             return Err(JournalError::Closed);
         }
-        let at = Instant::now();
         let first = st.next_seq;
         if frames.is_empty() {
             return Ok(first..=first - 1);
         }
-        let last = first + frames.len() as u64 - 1;
+        let count = frames.len() as u64;
+        if !st.fits(count, needed, max) {
+            let pending = st.pending_bytes;
+            drop(st);
+            inner.counters.full.fetch_add(1, Relaxed);
+            inner.commit_now();
+            return Err(JournalError::Full {
+                needed,
+                frames: count,
+                pending,
+                max,
+            });
+        }
+        let last = first + count - 1;
         if last > st.lease_end {
-            // The flusher normally extends the lease ahead of us; this is the fallback.
+            // The flusher extends the lease ahead of us with every commit; with nothing
+            // queued (`fits`) this is the fallback, and the disk is not known to be stuck.
             st.lease_end = last + SEQ_LEASE;
             inner.persist_lease(st.lease_end)?;
             inner.db.flush()?;
         }
+        // The frames themselves go here: what is queued and relayed is their records.
         let queued = st.pending.len();
-        for (i, mut frame) in frames.into_iter().enumerate() {
-            frame.seq = first + i as u64;
-            let record = Arc::new(frame.encode());
+        for (seq, (frame, record)) in (first..).zip(frames.drain(..).zip(records)) {
             st.pending.push_back(Pending {
-                frame: Arc::new(frame),
-                record,
+                seq,
+                ts_ms: frame.ts_ms,
+                record: Arc::new(record),
             });
         }
-        // Published only once the whole burst is encoded: the first send wakes the live
-        // readers, and a reader that runs while later frames are still being encoded
-        // would take the burst in pieces (a wake-up and a socket write per piece).
+        st.pending_bytes += needed;
+        inner.counters.queued(st.pending.len(), st.pending_bytes);
+        st.next_seq = last + 1;
+        // Counted before anyone sees the frames: a WebSocket session decides from
+        // `last_seq` that its replay has caught up (see `relay::ws`).
+        inner.counters.appended(first, last);
         for p in st.pending.range(queued..) {
             // No receivers is fine: nobody is watching live right now.
             let _ = inner.live.send(Appended {
-                frame: Arc::clone(&p.frame),
+                seq: p.seq,
+                record: Arc::clone(&p.record),
                 at,
             });
         }
-        st.next_seq = last + 1;
-        let overflow = st.pending.len().saturating_sub(PENDING_MAX);
-        if overflow > 0 {
-            st.pending.drain(..overflow);
-        }
+        let half_full = st.pending_bytes > max / 2;
         drop(st);
-        inner.counters.appended(first, last);
-        if overflow > 0 {
-            inner.counters.drop_unwritten(overflow as u64);
+        if half_full {
+            // The window gathers small appends; a queue this full is better written now.
+            inner.commit_now();
+        } else {
+            inner.kick();
         }
-        inner.kick();
         Ok(first..=last)
+    }
+
+    /// Wait until the write queue can take `frames` frames of `needed` bytes (those of a
+    /// [`JournalError::Full`]) or is empty. Errors once the journal is closed.
+    pub async fn wait_room(&self, frames: u64, needed: u64) -> Result<(), JournalError> {
+        let inner = &self.inner;
+        loop {
+            let notified = inner.flow.room.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a commit in between still wakes us.
+            notified.as_mut().enable();
+            {
+                let st = lock(&inner.write);
+                if st.closed {
+                    return Err(JournalError::Closed);
+                }
+                if st.fits(frames, needed, inner.cfg.pending_max_bytes.0) {
+                    return Ok(());
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Ask for a group commit now instead of at the end of the `flush_ms` window: for a
+    /// source that knows waiting is pointless (a broker whose in-flight window is full
+    /// sends nothing more until it gets acks).
+    pub fn commit_now(&self) {
+        self.inner.commit_now();
     }
 
     /// Make every seq issued from now on greater than `seq`, durably (the seq floor and the
@@ -418,6 +549,12 @@ impl Journal {
         lock(&self.inner.write)
     }
 
+    /// Test hook: stall commits (appends still queue) until dropped.
+    #[cfg(test)]
+    pub(crate) fn stall(&self) -> std::sync::MutexGuard<'_, ()> {
+        lock(&self.inner.flow.stall)
+    }
+
     /// A receiver of every frame appended from now on, in seq order.
     pub fn subscribe(&self) -> broadcast::Receiver<Appended> {
         self.inner.live.subscribe()
@@ -426,19 +563,73 @@ impl Journal {
     /// Read up to `limit` frames with seq ≥ `from_seq`, in order, including frames not yet
     /// written to disk. Undecodable records are counted and skipped.
     pub fn range(&self, from_seq: u64, limit: usize) -> Vec<Frame> {
+        let mut out = Vec::new();
+        self.each_record(from_seq, limit, |seq, record| {
+            match Frame::decode(seq, record) {
+                Ok(f) => out.push(f),
+                Err(e) => self.record_decode_error(seq, &e),
+            }
+            out.len() < limit
+        });
+        out
+    }
+
+    /// Frames with seq ≥ `from_seq` with their payloads left as text: up to `limit`, and
+    /// no more once their payloads add up to `max_bytes` (the first frame always comes).
+    pub fn range_raw(&self, from_seq: u64, limit: usize, max_bytes: usize) -> Vec<RawFrame> {
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        self.scan(from_seq, limit, |v| {
+            bytes += v.payload.get().len();
+            if bytes > max_bytes && !out.is_empty() {
+                return false;
+            }
+            out.push(v.to_raw());
+            true
+        });
+        out
+    }
+
+    /// Visit up to `limit` records with seq ≥ `from_seq` in seq order, stored or still
+    /// queued, as views (payloads not parsed), until `visit` returns false. Undecodable
+    /// records are counted and skipped. Blocking I/O: keep it off the async workers.
+    pub fn scan(&self, from_seq: u64, limit: usize, mut visit: impl FnMut(RecordView<'_>) -> bool) {
+        let mut left = limit;
+        self.each_record(from_seq, limit, |seq, record| {
+            match Frame::view(seq, record) {
+                Ok(v) => {
+                    left -= 1;
+                    visit(v) && left > 0
+                }
+                Err(e) => {
+                    self.record_decode_error(seq, &e);
+                    true
+                }
+            }
+        });
+    }
+
+    /// Call `visit(seq, record)` for the records with seq ≥ `from_seq` in seq order, stored
+    /// or still queued, until it returns false; `limit` bounds the queued ones taken.
+    /// Damaged chunks are counted and skipped.
+    fn each_record(&self, from_seq: u64, limit: usize, mut visit: impl FnMut(u64, &[u8]) -> bool) {
+        if limit == 0 {
+            return;
+        }
         let inner = &self.inner;
         // Snapshot the queue first: the flusher writes frames to sled before dropping them
         // from the queue, so every frame is in the snapshot or in the sled read below.
-        let queued: Vec<Arc<Frame>> = lock(&inner.write)
+        let queued: Vec<(u64, Arc<Vec<u8>>)> = lock(&inner.write)
             .pending
             .iter()
-            .filter(|p| p.frame.seq >= from_seq)
+            .filter(|p| p.seq >= from_seq)
             .take(limit)
-            .map(|p| Arc::clone(&p.frame))
+            .map(|p| (p.seq, Arc::clone(&p.record)))
             .collect();
-        let mut out: Vec<Frame> = Vec::new();
+        // The lowest seq not visited yet (the queue and the last chunks may overlap).
+        let mut next = from_seq;
         let start = chunk_start(&inner.frames, from_seq);
-        'chunks: for item in inner.frames.range(seq_key(start)..) {
+        for item in inner.frames.range(seq_key(start)..) {
             let (k, v) = match item {
                 Ok(kv) => kv,
                 Err(e) => {
@@ -447,37 +638,43 @@ impl Journal {
                 }
             };
             let Some(first) = key_seq(&k) else { continue };
-            let decoded = match chunk::decode(first, &v) {
-                Ok(d) => d,
+            let (h, raw) = match chunk::unpack(&v) {
+                Ok(c) => c,
                 Err(e) => {
                     inner.counters.record_decode_error(first, &e.to_string());
                     continue;
                 }
             };
-            for (i, f) in decoded.into_iter().enumerate() {
-                let seq = first + i as u64;
-                if seq < from_seq || out.last().is_some_and(|l| l.seq >= seq) {
+            for (seq, record) in (first..).zip(chunk::records(&raw, h.count)) {
+                let record = match record {
+                    Ok(r) => r,
+                    Err(e) => {
+                        inner.counters.record_decode_error(seq, &e.to_string());
+                        break;
+                    }
+                };
+                if seq < next {
                     continue;
                 }
-                match f {
-                    Ok(f) => out.push(f),
-                    Err(e) => inner.counters.record_decode_error(seq, &e.to_string()),
-                }
-                if out.len() >= limit {
-                    break 'chunks;
+                next = seq + 1;
+                if !visit(seq, record) {
+                    return;
                 }
             }
         }
-        let after = out.last().map_or(0, |f| f.seq);
-        for f in queued {
-            if out.len() >= limit {
-                break;
-            }
-            if f.seq > after {
-                out.push((*f).clone());
+        for (seq, record) in queued {
+            if seq >= next {
+                next = seq + 1;
+                if !visit(seq, &record) {
+                    return;
+                }
             }
         }
-        out
+    }
+
+    /// Count (and log, rate-limited) a stored record that could not be decoded.
+    pub fn record_decode_error(&self, seq: u64, e: &DecodeError) {
+        self.inner.counters.record_decode_error(seq, &e.to_string());
     }
 
     /// The first seq of the stored chunk that holds `seq` (else `seq`): where
@@ -516,11 +713,13 @@ impl Journal {
                 (n, acked)
             })
             .collect();
-        inner.counters.snapshot(
+        let mut stats = inner.counters.snapshot(
             inner.db.size_on_disk().unwrap_or(0),
             cursors,
             inner.quarantine.clone(),
-        )
+        );
+        stats.pending_max_bytes = inner.cfg.pending_max_bytes.0;
+        stats
     }
 
     /// Force a group commit now and wait for it.
@@ -541,7 +740,8 @@ impl Journal {
             st.closed = true;
             st.next_seq
         };
-        inner.kick();
+        inner.commit_now();
+        inner.flow.room.notify_waiters();
         // The flusher writes what is queued and exits once it sees `closed`.
         if let Some(handle) = lock(&self.flusher).take() {
             if handle.join().is_err() {

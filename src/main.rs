@@ -300,7 +300,8 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                     let mut next = from_seq;
                     let mut left = limit;
                     while left > 0 {
-                        let chunk = journal.range(next, left.min(1000) as usize);
+                        // Payloads as stored text, 4 MiB at a time: no `Value` trees.
+                        let chunk = journal.range_raw(next, left.min(1000) as usize, 4 << 20);
                         let Some(last) = chunk.last().map(|f| f.seq) else {
                             break;
                         };

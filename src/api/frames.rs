@@ -1,18 +1,23 @@
 //! `GET /api/frames`: query the journal — recent history while the uplink is down.
+//!
+//! Frames are read as stored (payloads stay JSON text, never a `Value` tree) and a reply
+//! carries at most [`MAX_BYTES`] of payloads: a page of large frames stops early, says so
+//! (`truncated`), and `next_seq` continues where it stopped.
 
 use super::{ApiError, AppState, Auth};
 use crate::auth::Scope;
+use crate::frame::RawFrame;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::Json;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 
 /// Most frames one request may return.
 pub const MAX_LIMIT: usize = 10_000;
+/// Most payload bytes one reply carries (a single larger frame still comes, alone).
+pub const MAX_BYTES: usize = 4 << 20;
 /// Most frames one request scans (filters may match few); the reply says where to resume.
 const MAX_SCAN: usize = 200_000;
-const READ_CHUNK: usize = 1_000;
 
 /// Query parameters.
 #[derive(Debug, Deserialize)]
@@ -37,12 +42,25 @@ pub struct FrameQuery {
     pub _api_key: Option<String>,
 }
 
+/// The reply.
+#[derive(Serialize)]
+pub struct FramesPage {
+    /// Frames returned.
+    pub count: usize,
+    /// The frames, in seq order.
+    pub frames: Vec<RawFrame>,
+    /// Where the next page starts; absent when the journal has nothing further.
+    pub next_seq: Option<u64>,
+    /// The page stopped at [`MAX_BYTES`] of payloads before reaching `limit`.
+    pub truncated: bool,
+}
+
 /// `GET /api/frames`.
 pub async fn query(
     auth: Auth,
     State(st): State<AppState>,
     q: Result<Query<FrameQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<FramesPage>, ApiError> {
     auth.require(Scope::Read)?;
     let Query(q) = q.map_err(|e| ApiError::invalid(e.body_text()))?;
     let limit = q.limit.unwrap_or(100);
@@ -52,40 +70,44 @@ pub async fn query(
         )));
     }
     let journal = st.journal.clone();
-    let (frames, next_seq) = tokio::task::spawn_blocking(move || {
-        let mut next = q.from_seq.unwrap_or(0);
-        let mut out = Vec::new();
-        let mut scanned = 0;
-        while out.len() < limit && scanned < MAX_SCAN {
-            let chunk = journal.range(next, READ_CHUNK);
-            let Some(last) = chunk.last().map(|f| f.seq) else {
-                break;
-            };
-            scanned += chunk.len();
-            for f in chunk {
-                if out.len() >= limit {
-                    next = f.seq;
-                    return (out, Some(next));
+    let page = tokio::task::spawn_blocking(move || {
+        let from = q.from_seq.unwrap_or(0);
+        let mut frames: Vec<RawFrame> = Vec::new();
+        let (mut bytes, mut truncated) = (0usize, false);
+        // The lowest seq not looked at yet.
+        let mut next = from;
+        journal.scan(from, MAX_SCAN, |v| {
+            let keep = q.device.as_ref().is_none_or(|d| d == v.device)
+                && q.vehicle
+                    .as_ref()
+                    .is_none_or(|x| v.vehicle == Some(x.as_str()))
+                && q.kind.as_ref().is_none_or(|k| k == v.kind)
+                && q.since.is_none_or(|s| v.ts_ms >= s)
+                && q.until.is_none_or(|u| v.ts_ms < u);
+            if keep {
+                if frames.len() >= limit {
+                    return false;
                 }
-                let keep = q.device.as_ref().is_none_or(|d| *d == f.device)
-                    && q.vehicle
-                        .as_ref()
-                        .is_none_or(|v| f.vehicle.as_ref() == Some(v))
-                    && q.kind.as_ref().is_none_or(|k| *k == f.kind)
-                    && q.since.is_none_or(|s| f.ts_ms >= s)
-                    && q.until.is_none_or(|u| f.ts_ms < u);
-                if keep {
-                    out.push(f);
+                let size = v.payload.get().len();
+                if !frames.is_empty() && bytes + size > MAX_BYTES {
+                    truncated = true;
+                    return false;
                 }
+                bytes += size;
+                frames.push(v.to_raw());
             }
-            next = last + 1;
+            next = v.seq + 1;
+            true
+        });
+        let more = journal.last_seq() >= next.max(1);
+        FramesPage {
+            count: frames.len(),
+            frames,
+            next_seq: more.then_some(next),
+            truncated,
         }
-        let more = journal.last_seq() >= next;
-        (out, more.then_some(next))
     })
     .await
     .map_err(ApiError::internal)?;
-    Ok(Json(
-        json!({"count": frames.len(), "frames": frames, "next_seq": next_seq}),
-    ))
+    Ok(Json(page))
 }

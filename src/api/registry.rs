@@ -1,7 +1,9 @@
 //! `/api/devices` and `/api/vehicles`: CRUD over the journal's registry trees.
 //!
 //! Both registries are the same code over a [`Record`] type: JSON records keyed by id in a
-//! sled tree (which the MongoDB sink mirrors), and a live view derived from frames.
+//! sled tree (which the MongoDB sink mirrors), and a live view derived from frames. Tree
+//! reads and writes (each write is fsynced) run on the blocking pool, never on the async
+//! workers that serve the relay.
 
 use super::{ApiError, ApiJson, AppState, Auth};
 use crate::auth::Scope;
@@ -137,6 +139,17 @@ fn tree<R: Record>(st: &AppState) -> Result<sled::Tree, ApiError> {
     st.journal.tree(R::TREE).map_err(ApiError::internal)
 }
 
+/// Run `f` on the registry's tree on the blocking pool.
+async fn on_tree<R: Record, T: Send + 'static>(
+    st: &AppState,
+    f: impl FnOnce(&sled::Tree) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let t = tree::<R>(st)?;
+    tokio::task::spawn_blocking(move || f(&t))
+        .await
+        .map_err(ApiError::internal)?
+}
+
 fn with_live<R: Record>(hub: &Hub, r: &R) -> Value {
     let mut v = json!(r);
     v["live"] = R::live(hub, r.id());
@@ -152,25 +165,21 @@ fn load<R: Record>(t: &sled::Tree, id: &str) -> Result<Option<R>, ApiError> {
     }
 }
 
-fn store<R: Record>(t: &sled::Tree, r: &R) -> Result<(), ApiError> {
-    let bytes = serde_json::to_vec(r).map_err(ApiError::internal)?;
-    t.insert(r.id().as_bytes(), bytes)
-        .map_err(ApiError::internal)?;
-    t.flush().map_err(ApiError::internal)?;
-    Ok(())
-}
-
 async fn list<R: Record>(auth: Auth, State(st): State<AppState>) -> Result<Json<Value>, ApiError> {
     auth.require(Scope::Read)?;
-    let t = tree::<R>(&st)?;
-    let mut out = Vec::new();
-    for item in t.iter() {
-        let (_, v) = item.map_err(ApiError::internal)?;
-        match serde_json::from_slice::<R>(&v) {
-            Ok(r) => out.push(with_live(&st.hub, &r)),
-            Err(e) => tracing::error!(error = %e, tree = R::TREE, "unreadable registry record"),
+    let records = on_tree::<R, _>(&st, |t| {
+        let mut out = Vec::new();
+        for item in t.iter() {
+            let (_, v) = item.map_err(ApiError::internal)?;
+            match serde_json::from_slice::<R>(&v) {
+                Ok(r) => out.push(r),
+                Err(e) => tracing::error!(error = %e, tree = R::TREE, "unreadable registry record"),
+            }
         }
-    }
+        Ok(out)
+    })
+    .await?;
+    let out = records.iter().map(|r| with_live(&st.hub, r)).collect();
     Ok(Json(Value::Array(out)))
 }
 
@@ -180,8 +189,10 @@ async fn get_one<R: Record>(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     auth.require(Scope::Read)?;
-    let r: R = load(&tree::<R>(&st)?, &id)?
-        .ok_or_else(|| ApiError::not_found(format!("no {} {id:?}", R::NOUN)))?;
+    let r: R = on_tree::<R, _>(&st, move |t| {
+        load(t, &id)?.ok_or_else(|| ApiError::not_found(format!("no {} {id:?}", R::NOUN)))
+    })
+    .await?;
     Ok(Json(with_live(&st.hub, &r)))
 }
 
@@ -192,19 +203,23 @@ async fn create<R: Record>(
 ) -> Result<Response, ApiError> {
     auth.require(Scope::Write)?;
     r.validate()?;
-    let t = tree::<R>(&st)?;
     let bytes = serde_json::to_vec(&r).map_err(ApiError::internal)?;
-    let swapped = t
-        .compare_and_swap(r.id().as_bytes(), None as Option<&[u8]>, Some(bytes))
-        .map_err(ApiError::internal)?;
-    if swapped.is_err() {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "exists",
-            format!("{} {:?} already exists; PUT to replace it", R::NOUN, r.id()),
-        ));
-    }
-    t.flush().map_err(ApiError::internal)?;
+    let id = r.id().to_string();
+    on_tree::<R, _>(&st, move |t| {
+        let swapped = t
+            .compare_and_swap(id.as_bytes(), None as Option<&[u8]>, Some(bytes))
+            .map_err(ApiError::internal)?;
+        if swapped.is_err() {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "exists",
+                format!("{} {id:?} already exists; PUT to replace it", R::NOUN),
+            ));
+        }
+        t.flush().map_err(ApiError::internal)?;
+        Ok(())
+    })
+    .await?;
     tracing::info!(id = r.id(), by = %auth.0.name, "{} created", R::NOUN);
     Ok((StatusCode::CREATED, Json(with_live(&st.hub, &r))).into_response())
 }
@@ -224,7 +239,14 @@ async fn replace<R: Record>(
     }
     r.set_id(id);
     r.validate()?;
-    store(&tree::<R>(&st)?, &r)?;
+    let bytes = serde_json::to_vec(&r).map_err(ApiError::internal)?;
+    let id = r.id().to_string();
+    on_tree::<R, _>(&st, move |t| {
+        t.insert(id.as_bytes(), bytes).map_err(ApiError::internal)?;
+        t.flush().map_err(ApiError::internal)?;
+        Ok(())
+    })
+    .await?;
     tracing::info!(id = r.id(), by = %auth.0.name, "{} replaced", R::NOUN);
     Ok(Json(with_live(&st.hub, &r)))
 }
@@ -235,12 +257,16 @@ async fn remove<R: Record>(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     auth.require(Scope::Write)?;
-    let t = tree::<R>(&st)?;
-    let old = t.remove(id.as_bytes()).map_err(ApiError::internal)?;
-    if old.is_none() {
-        return Err(ApiError::not_found(format!("no {} {id:?}", R::NOUN)));
-    }
-    t.flush().map_err(ApiError::internal)?;
+    let key = id.clone();
+    on_tree::<R, _>(&st, move |t| {
+        let old = t.remove(key.as_bytes()).map_err(ApiError::internal)?;
+        if old.is_none() {
+            return Err(ApiError::not_found(format!("no {} {key:?}", R::NOUN)));
+        }
+        t.flush().map_err(ApiError::internal)?;
+        Ok(())
+    })
+    .await?;
     tracing::info!(id = %id, by = %auth.0.name, "{} deleted", R::NOUN);
     Ok(StatusCode::NO_CONTENT)
 }

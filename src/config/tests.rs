@@ -64,6 +64,13 @@ fn bad_configs_name_the_key() {
             "journal.max_bytes: expected a byte size",
         ),
         (
+            GOOD.replace(
+                "flush_ms = 20",
+                "flush_ms = 20\npending_max_bytes = \"4KiB\"",
+            ),
+            "journal.pending_max_bytes: expected at least 64KiB",
+        ),
+        (
             GOOD.replace("flush_ms = 20", "flush_ms = 20\nfsync = true"),
             "journal.fsync: unknown field `fsync`, expected one of",
         ),

@@ -8,8 +8,6 @@
 //! frame in disk writes and ~5x the CPU (README has the measurements). The header lets
 //! eviction and retention work without decompressing.
 
-use crate::frame::{DecodeError, Frame};
-
 /// Most frames per chunk.
 pub const CHUNK_MAX_FRAMES: usize = 256;
 /// Most uncompressed bytes per chunk (a single larger frame gets a chunk of its own).
@@ -70,9 +68,9 @@ pub enum ChunkError {
     Body(String),
 }
 
-/// Decode every frame of the chunk stored under `first_seq`. Damaged frame records are
-/// reported individually; a damaged chunk is one error.
-pub fn decode(first_seq: u64, value: &[u8]) -> Result<Vec<Result<Frame, DecodeError>>, ChunkError> {
+/// Decompress a stored chunk: its header and the raw block of length-prefixed records
+/// (split it with [`records`]).
+pub fn unpack(value: &[u8]) -> Result<(ChunkHeader, Vec<u8>), ChunkError> {
     let h = header(value).ok_or(ChunkError::Header)?;
     let body = &value[HEADER_LEN..];
     let claimed = body
@@ -89,19 +87,41 @@ pub fn decode(first_seq: u64, value: &[u8]) -> Result<Vec<Result<Frame, DecodeEr
     }
     let raw = lz4_flex::block::decompress_size_prepended(body)
         .map_err(|e| ChunkError::Body(e.to_string()))?;
+    Ok((h, raw))
+}
+
+/// The `count` records of an unpacked chunk, in order; a truncated block is an error
+/// after the records before the damage.
+pub fn records(raw: &[u8], count: u32) -> impl Iterator<Item = Result<&[u8], ChunkError>> {
+    let mut rest = Some(raw);
+    (0..count).map_while(move |i| {
+        let r = rest.take()?;
+        let split = r
+            .split_first_chunk::<4>()
+            .and_then(|(len, tail)| tail.split_at_checked(u32::from_le_bytes(*len) as usize));
+        match split {
+            Some((record, tail)) => {
+                rest = Some(tail);
+                Some(Ok(record))
+            }
+            None => Some(Err(ChunkError::Body(format!("truncated at frame {i}")))),
+        }
+    })
+}
+
+/// Decode every frame of the chunk stored under `first_seq` (the fuzz targets' entry;
+/// readers use [`unpack`] and [`records`]). Damaged frame records are reported
+/// individually; a damaged chunk is one error.
+#[cfg(any(test, feature = "fuzzing"))]
+pub fn decode(
+    first_seq: u64,
+    value: &[u8],
+) -> Result<Vec<Result<crate::frame::Frame, crate::frame::DecodeError>>, ChunkError> {
+    let (h, raw) = unpack(value)?;
     // Every record has a 4-byte length: a damaged count cannot make us reserve more.
     let mut out = Vec::with_capacity((h.count as usize).min(raw.len() / 4));
-    let mut rest = raw.as_slice();
-    for i in 0..h.count as u64 {
-        let Some((len, tail)) = rest.split_first_chunk::<4>() else {
-            return Err(ChunkError::Body(format!("truncated at frame {i}")));
-        };
-        let len = u32::from_le_bytes(*len) as usize;
-        let Some((record, tail)) = tail.split_at_checked(len) else {
-            return Err(ChunkError::Body(format!("truncated at frame {i}")));
-        };
-        out.push(Frame::decode(first_seq + i, record));
-        rest = tail;
+    for (i, record) in (0..).zip(records(&raw, h.count)) {
+        out.push(crate::frame::Frame::decode(first_seq + i, record?));
     }
     Ok(out)
 }
@@ -109,6 +129,7 @@ pub fn decode(first_seq: u64, value: &[u8]) -> Result<Vec<Result<Frame, DecodeEr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::frame::Frame;
     use serde_json::json;
 
     #[test]

@@ -1,4 +1,8 @@
 //! The flusher thread: group commit, seq lease extension, eviction and retention.
+//!
+//! One commit per `flush_ms` window gathers small appends into one fsync; a commit is
+//! taken at once when asked (`commit_now`: a source whose sender waits for acks, or a
+//! write queue half full), because then waiting only slows the senders down.
 
 use super::chunk::{self, ChunkHeader, CHUNK_MAX_FRAMES, CHUNK_MAX_RAW};
 use super::{lock, meta_u64, Inner, JournalError, SEQ_LEASE};
@@ -18,6 +22,22 @@ impl Inner {
         let (lk, cv) = &self.wake;
         *lock(lk) = true;
         cv.notify_all();
+    }
+
+    /// Wake the flusher for a commit now, cutting its `flush_ms` wait short.
+    pub(super) fn commit_now(&self) {
+        self.flow.urgent.store(true, Relaxed);
+        self.kick();
+    }
+
+    /// Sleep out the rest of the group-commit window, unless a commit is asked for now.
+    fn wait_window(&self, rest: Duration) {
+        let (lk, cv) = &self.wake;
+        let guard = lock(lk);
+        let _guard = match cv.wait_timeout_while(guard, rest, |_| !self.flow.urgent.load(Relaxed)) {
+            Ok((g, _)) => g,
+            Err(p) => p.into_inner().0,
+        };
     }
 
     /// Block until kicked (or a second passes).
@@ -42,6 +62,7 @@ impl Inner {
             self.wait_for_work();
             self.counters.beat();
             let started = Instant::now();
+            self.flow.urgent.store(false, Relaxed);
             let retention = last_retention.elapsed() >= RETENTION_EVERY;
             if retention {
                 last_retention = started;
@@ -70,27 +91,29 @@ impl Inner {
                     std::thread::sleep(Duration::from_millis(200));
                 }
             }
-            // Group commit: at most one fsync per window.
+            // Group commit: at most one fsync per window unless asked for one now.
             if let Some(rest) = window.checked_sub(started.elapsed()) {
-                std::thread::sleep(rest);
+                self.wait_window(rest);
             }
         }
     }
 
     /// One group commit; returns true once the journal is closed and everything written.
     fn commit(&self) -> Result<bool, JournalError> {
-        let (batch, covered, closed, extend) = {
+        #[cfg(test)]
+        let _stalled = lock(&self.flow.stall);
+        let (batch, closed, extend) = {
             let st = lock(&self.write);
             // The lease grows in two steps: recorded here (the floor file fsynced outside
             // the writer lock, so appends never wait on it), usable after the flush below.
-            let extend = (!st.closed && st.lease_end - st.next_seq < SEQ_LEASE / 2)
+            let extend = (!st.closed && st.lease_end.saturating_sub(st.next_seq) < SEQ_LEASE / 2)
                 .then_some(st.next_seq + SEQ_LEASE);
             let batch: Vec<(u64, i64, Arc<Vec<u8>>)> = st
                 .pending
                 .iter()
-                .map(|p| (p.frame.seq, p.frame.ts_ms, Arc::clone(&p.record)))
+                .map(|p| (p.seq, p.ts_ms, Arc::clone(&p.record)))
                 .collect();
-            (batch, st.next_seq - 1, st.closed, extend)
+            (batch, st.closed, extend)
         };
         if let Some(lease_end) = extend {
             self.persist_lease(lease_end)?;
@@ -120,12 +143,24 @@ impl Inner {
             let mut st = lock(&self.write);
             st.lease_end = st.lease_end.max(lease_end);
         }
-        if let Some(&(last, _, _)) = batch.last() {
+        // Durable is exactly what this commit wrote: the queue is contiguous and in seq
+        // order, and nothing leaves it unwritten.
+        let Some(&(covered, _, _)) = batch.last() else {
+            // A grown lease is room too (see `WriteState::fits`).
+            self.flow.room.notify_waiters();
+            self.counters.flushed(0);
+            return Ok(closed);
+        };
+        {
             let mut st = lock(&self.write);
-            while st.pending.front().is_some_and(|p| p.frame.seq <= last) {
-                st.pending.pop_front();
+            while st.pending.front().is_some_and(|p| p.seq <= covered) {
+                if let Some(p) = st.pending.pop_front() {
+                    st.pending_bytes -= p.cost();
+                }
             }
+            self.counters.queued(st.pending.len(), st.pending_bytes);
         }
+        self.flow.room.notify_waiters();
         self.counters.flushed(covered);
         self.durable.send_if_modified(|d| {
             let changed = *d < covered;

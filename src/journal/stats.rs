@@ -28,6 +28,13 @@ pub(super) struct Counters {
     /// Unix ms of the flusher's last loop turn (the watchdog's view of the writer).
     pub heartbeat_ms: AtomicU64,
     pub appended_total: AtomicU64,
+    /// Appends refused because the write queue was full.
+    pub full: AtomicU64,
+    /// Frames and bytes in the write queue (kept by its lock holders, read lock-free).
+    pending_frames: AtomicU64,
+    pending_bytes: AtomicU64,
+    /// Most bytes the write queue has held.
+    pending_peak: AtomicU64,
     /// The seq floor file's value.
     pub seq_floor: AtomicU64,
     flush_failing: AtomicBool,
@@ -59,6 +66,17 @@ pub struct JournalStats {
     pub flushes: u64,
     /// Frames appended in this run.
     pub appended: u64,
+    /// Frames appended but not yet written.
+    pub pending_frames: u64,
+    /// Bytes those frames count against `pending_max_bytes`.
+    pub pending_bytes: u64,
+    /// The write queue's bound (`journal.pending_max_bytes`).
+    pub pending_max_bytes: u64,
+    /// Most bytes the write queue held in this run.
+    pub pending_peak_bytes: u64,
+    /// Appends refused in this run because the write queue was full (the source waited
+    /// or, for serial ports, dropped them as `overrun`).
+    pub full: u64,
     /// Last acknowledged seq per registered sink cursor.
     pub cursors: BTreeMap<String, u64>,
     /// Set when the journal found at start could not be opened and was moved aside.
@@ -107,6 +125,13 @@ impl Counters {
         self.last_seq.store(last, SeqCst);
     }
 
+    /// The write queue now holds `frames` frames counting `bytes` (called under its lock).
+    pub fn queued(&self, frames: usize, bytes: u64) {
+        self.pending_frames.store(frames as u64, Relaxed);
+        self.pending_bytes.store(bytes, Relaxed);
+        self.pending_peak.fetch_max(bytes, Relaxed);
+    }
+
     /// The flusher is alive.
     pub fn beat(&self) {
         self.heartbeat_ms
@@ -116,16 +141,6 @@ impl Counters {
     /// A commit wrote `bytes` of chunks.
     pub fn stored(&self, bytes: u64) {
         self.bytes.fetch_add(bytes, Relaxed);
-    }
-
-    /// `n` queued frames were dropped unwritten because writes keep failing.
-    pub fn drop_unwritten(&self, n: u64) {
-        self.removed(n, 0);
-        self.evicted.fetch_add(n, Relaxed);
-        tracing::error!(
-            frames = n,
-            "journal writes failing: dropped the oldest queued frames"
-        );
     }
 
     /// Whether commits have been failing for a while.
@@ -207,6 +222,11 @@ impl Counters {
             decode_errors: self.decode_errors.load(Relaxed),
             flushes: self.flushes.load(Relaxed),
             appended: self.appended_total.load(Relaxed),
+            pending_frames: self.pending_frames.load(Relaxed),
+            pending_bytes: self.pending_bytes.load(Relaxed),
+            pending_max_bytes: 0,
+            pending_peak_bytes: self.pending_peak.load(Relaxed),
+            full: self.full.load(Relaxed),
             cursors,
             quarantine,
             seq_floor: self.seq_floor.load(Relaxed),

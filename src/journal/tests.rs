@@ -51,7 +51,11 @@ async fn append_range_get_and_durable() {
         vec![90, 91, 92, 93, 94]
     );
     let first_live = live.recv().await.expect("live frame");
-    assert_eq!(first_live.frame.seq, 1);
+    assert_eq!(first_live.seq, 1);
+    assert_eq!(
+        first_live.view().expect("view").payload.get(),
+        frame(0, 10).payload.to_string()
+    );
     let s = j.stats();
     assert_eq!((s.first_seq, s.last_seq, s.frames), (1, 100, 100));
     j.close().expect("close");
@@ -204,6 +208,201 @@ fn a_locked_journal_is_reported_not_quarantined() {
         Ok(_) => panic!("second open must fail"),
     }
     assert!(c.path.join("db").exists(), "the live journal was not moved");
+    j.close().expect("close");
+}
+
+/// Commits stalled from another thread (holding the `stall` hook) until released.
+struct Stalled {
+    release: std::sync::mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Stalled {
+    /// Stall `j`'s commits; returns once the hook is held.
+    fn hold(j: &Journal) -> Stalled {
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let (held, holding) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn({
+            let j = j.clone();
+            move || {
+                let _stalled = j.stall();
+                let _ = held.send(());
+                let _ = released.recv();
+            }
+        });
+        holding.recv().expect("stall hook held");
+        Stalled { release, thread }
+    }
+
+    /// Let commits run again.
+    fn release(self) {
+        let _ = self.release.send(());
+        self.thread.join().expect("staller");
+    }
+}
+
+#[tokio::test]
+async fn a_full_write_queue_refuses_appends_and_nothing_unwritten_is_durable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut c = cfg(dir.path());
+    c.pending_max_bytes = ByteSize(64 * 1024);
+    let j = Journal::open(c).expect("open");
+    let first = j.append(frame(0, 10)).expect("append");
+    j.wait_durable(first).await.expect("durable");
+    // The disk stops answering: commits stall (a thread holds the hook), appends queue up
+    // to the bound.
+    let stalled = Stalled::hold(&j);
+    let mut last = first;
+    let mut refused = loop {
+        let mut batch: Vec<Frame> = (0..4).map(|n| frame(last + n, 1000)).collect();
+        match j.try_append_many(&mut batch) {
+            Ok(r) => {
+                assert!(batch.is_empty(), "appended frames are taken");
+                last = *r.end();
+            }
+            Err(JournalError::Full { needed, frames, .. }) => {
+                assert_eq!(batch.len(), 4, "a refused batch is left whole");
+                assert_eq!(frames, 4);
+                break (batch, needed);
+            }
+            Err(e) => panic!("append: {e}"),
+        }
+    };
+    let s = j.stats();
+    assert!(
+        s.pending_bytes <= 64 * 1024,
+        "queue {} over its bound",
+        s.pending_bytes
+    );
+    assert_eq!(s.pending_peak_bytes, s.pending_bytes);
+    assert_eq!(s.full, 1);
+    assert!(matches!(
+        j.append(frame(9, 8000)),
+        Err(JournalError::Full { .. })
+    ));
+    assert_eq!(j.durable_seq(), first, "nothing written, nothing durable");
+    let waiting = tokio::time::timeout(Duration::from_millis(200), j.wait_room(4, refused.1)).await;
+    assert!(waiting.is_err(), "no room while the disk is stalled");
+    let room = tokio::spawn({
+        let j = j.clone();
+        async move { j.wait_room(4, refused.1).await }
+    });
+    stalled.release();
+    tokio::time::timeout(Duration::from_secs(5), room)
+        .await
+        .expect("room once the disk answers")
+        .expect("task")
+        .expect("room");
+    // Durable covers exactly what was written: up to the last accepted frame.
+    assert_eq!(j.wait_durable(last).await.expect("durable"), last);
+    let r = j
+        .try_append_many(&mut refused.0)
+        .expect("append after room");
+    assert_eq!(*r.start(), last + 1);
+    let stored: Vec<u64> = j.range(1, usize::MAX).iter().map(|f| f.seq).collect();
+    assert_eq!(
+        stored,
+        (1..=last + 4).collect::<Vec<_>>(),
+        "no gap, nothing lost"
+    );
+    j.close().expect("close");
+}
+
+#[tokio::test]
+async fn commit_now_cuts_the_flush_window_short() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut c = cfg(dir.path());
+    c.flush_ms = Positive(30_000);
+    let j = Journal::open(c).expect("open");
+    // The first append after a quiet spell is committed at once, then the window starts.
+    let a = j.append(frame(0, 10)).expect("append");
+    tokio::time::timeout(Duration::from_secs(5), j.wait_durable(a))
+        .await
+        .expect("first commit")
+        .expect("durable");
+    let b = j.append(frame(1, 10)).expect("append");
+    let held = tokio::time::timeout(Duration::from_millis(300), j.wait_durable(b)).await;
+    assert!(held.is_err(), "a second append waits for the window");
+    j.commit_now();
+    tokio::time::timeout(Duration::from_secs(5), j.wait_durable(b))
+        .await
+        .expect("commit_now commits without waiting out the window")
+        .expect("durable");
+    j.close().expect("close");
+}
+
+#[test]
+fn raw_reads_match_frames_and_stop_at_their_byte_budget() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let j = Journal::open(cfg(dir.path())).expect("open");
+    let r = j
+        .append_many((0..20).map(|n| frame(n, 1000)).collect())
+        .expect("append");
+    j.wait_durable_blocking(*r.end()).expect("durable");
+    j.append_many((20..25).map(|n| frame(n, 1000)).collect())
+        .expect("append");
+    let frames = j.range(1, 100);
+    let raw = j.range_raw(1, 100, usize::MAX);
+    assert_eq!(raw.len(), 25, "stored and queued frames");
+    for (f, r) in frames.iter().zip(&raw) {
+        assert_eq!(
+            serde_json::to_string(f).expect("json"),
+            serde_json::to_string(r).expect("json")
+        );
+    }
+    let payload = frames[0].payload.to_string().len();
+    let some = j.range_raw(3, 100, 5 * payload + payload / 2);
+    assert_eq!(
+        some.iter().map(|f| f.seq).collect::<Vec<_>>(),
+        vec![3, 4, 5, 6, 7],
+        "stops before the frame that would pass the budget"
+    );
+    assert_eq!(j.range_raw(3, 100, 1).len(), 1, "one frame always comes");
+    let mut seen = Vec::new();
+    j.scan(18, 4, |v| {
+        seen.push((v.seq, v.device.to_string()));
+        true
+    });
+    assert_eq!(
+        seen,
+        vec![
+            (18, "dev2".into()),
+            (19, "dev0".into()),
+            (20, "dev1".into()),
+            (21, "dev2".into())
+        ]
+    );
+    j.close().expect("close");
+}
+
+#[test]
+fn a_stalled_disk_refuses_appends_past_the_seq_lease_instead_of_waiting_for_it() {
+    // Extending the lease needs the disk; with commits stalled and frames queued, an
+    // append past the lease is refused rather than left waiting for the disk under the
+    // writer lock (a serial or MQTT task would hang with it).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut c = cfg(dir.path());
+    c.pending_max_bytes = ByteSize(1 << 30);
+    let j = Journal::open(c).expect("open");
+    let stalled = Stalled::hold(&j);
+    let mut last = 0;
+    let refused = loop {
+        let mut batch: Vec<Frame> = (0..500).map(|n| frame(last + n, 5)).collect();
+        match j.try_append_many(&mut batch) {
+            Ok(r) => last = *r.end(),
+            Err(JournalError::Full { frames, .. }) => break frames,
+            Err(e) => panic!("append: {e}"),
+        }
+        assert!(last <= 2 * SEQ_LEASE, "appends ran past the lease");
+    };
+    assert_eq!(refused, 500);
+    assert!(last >= SEQ_LEASE / 2, "the lease ran out early, at {last}");
+    stalled.release();
+    j.wait_durable_blocking(last).expect("durable");
+    let r = j
+        .append_many((0..500).map(|n| frame(n, 5)).collect())
+        .expect("the next commit extends the lease");
+    assert_eq!(*r.start(), last + 1);
     j.close().expect("close");
 }
 

@@ -473,10 +473,11 @@ mod tests {
     }
 
     fn frame(seq: u64) -> Arc<LiveFrame> {
-        let mut f =
+        let f =
             crate::frame::Frame::new("gw", "sim", "dev1", "gps", json!({"pad": "x".repeat(200)}));
-        f.seq = seq;
-        Arc::new(LiveFrame::new(&f, None))
+        let record = f.encode();
+        let view = crate::frame::Frame::view(seq, &record).expect("view");
+        Arc::new(LiveFrame::new(&view, None))
     }
 
     #[tokio::test]

@@ -1,13 +1,16 @@
 //! The hub: one task that follows the journal live, encodes each frame once, writes it to
 //! every client socket that wants it, and keeps the live status of devices and vehicles.
+//! At start the live status is seeded from the newest stored records' routing fields and
+//! position members, without parsing whole payloads.
 
 use super::conn::{text_frame, Conn, DeliveryTotals};
 use super::latency::LatencyHistogram;
-use crate::frame::Frame;
+use crate::frame::RecordView;
 use crate::journal::{Appended, Journal};
 use crate::sync::lock;
 use bytes::Bytes;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -21,6 +24,8 @@ use tokio_util::sync::CancellationToken;
 const SEED_FRAMES: usize = 5_000;
 /// Most frames the hub prepares before it publishes them.
 const BURST_MAX: usize = 256;
+/// Most bytes of encoded frames the hub prepares before it publishes them.
+const BURST_BYTES: usize = 1 << 20;
 
 /// A frame ready to send: its routing fields and its TMD text as a WebSocket frame.
 pub struct LiveFrame {
@@ -39,20 +44,67 @@ pub struct LiveFrame {
 }
 
 impl LiveFrame {
-    /// A frame's `frame` message as a server WebSocket text frame.
-    pub fn encode(f: &Frame) -> Bytes {
+    /// A frame's `frame` message as a server WebSocket text frame (from a
+    /// [`crate::frame::Frame`] or a [`RecordView`] of its record: the same JSON).
+    pub fn encode(f: &impl Serialize) -> Bytes {
         text_frame(super::tmd("frame", "", f))
     }
 
-    /// Encode a frame once for all clients.
-    pub fn new(f: &Frame, appended: Option<Instant>) -> Self {
+    /// Encode a stored frame once for all clients.
+    pub fn new(f: &RecordView<'_>, appended: Option<Instant>) -> Self {
         LiveFrame {
             seq: f.seq,
-            device: f.device.clone(),
-            vehicle: f.vehicle.clone(),
-            kind: f.kind.clone(),
+            device: f.device.to_string(),
+            vehicle: f.vehicle.map(str::to_string),
+            kind: f.kind.to_string(),
             wire: Self::encode(f),
             appended,
+        }
+    }
+}
+
+/// What the live status takes from one frame.
+struct Sighting<'a> {
+    seq: u64,
+    device: &'a str,
+    vehicle: Option<&'a str>,
+    kind: &'a str,
+    ts_ms: i64,
+    position: Option<[f64; 2]>,
+    speed_kmh: Option<f64>,
+}
+
+/// The payload members the live status reads; the others are skipped unparsed.
+#[derive(Deserialize)]
+struct LiveMembers {
+    lat: Option<Value>,
+    lon: Option<Value>,
+    speed_kmh: Option<Value>,
+}
+
+impl<'a> Sighting<'a> {
+    /// From a stored record; positions and speeds are only kept per vehicle, so a frame
+    /// without one is not looked into.
+    fn of(v: &RecordView<'a>) -> Self {
+        let members = v
+            .vehicle
+            .and_then(|_| serde_json::from_str::<LiveMembers>(v.payload.get()).ok());
+        let num = |m: &Option<Value>| m.as_ref().and_then(Value::as_f64);
+        let (position, speed_kmh) = match &members {
+            Some(m) => (
+                num(&m.lat).zip(num(&m.lon)).map(|(lat, lon)| [lat, lon]),
+                num(&m.speed_kmh),
+            ),
+            None => (None, None),
+        };
+        Sighting {
+            seq: v.seq,
+            device: v.device,
+            vehicle: v.vehicle,
+            kind: v.kind,
+            ts_ms: v.ts_ms,
+            position,
+            speed_kmh,
         }
     }
 }
@@ -178,12 +230,15 @@ impl Hub {
         });
         let mut rx = journal.subscribe();
         let from = journal.last_seq().saturating_sub(SEED_FRAMES as u64) + 1;
-        for f in journal.range(from, SEED_FRAMES) {
-            hub.observe(&f);
-        }
+        journal.scan(from, SEED_FRAMES, |v| {
+            hub.observe(&Sighting::of(&v));
+            true
+        });
         let h = Arc::clone(&hub);
+        let journal = journal.clone();
         tokio::spawn(async move {
             let mut burst = Vec::with_capacity(BURST_MAX);
+            let mut bytes = 0;
             loop {
                 let got = tokio::select! {
                     _ = shutdown.cancelled() => return,
@@ -195,7 +250,12 @@ impl Hub {
                 });
                 loop {
                     match got {
-                        Ok(f) => burst.push(h.prepare(&f)),
+                        Ok(f) => {
+                            if let Some(lf) = h.prepare(&f, &journal) {
+                                bytes += lf.wire.len();
+                                burst.push(lf);
+                            }
+                        }
                         Err(TryRecvError::Lagged(n)) => {
                             h.hub_lagged.fetch_add(n, Relaxed);
                             tracing::warn!(missed = n, "live hub fell behind the journal");
@@ -206,21 +266,30 @@ impl Hub {
                         }
                         Err(TryRecvError::Empty) => break,
                     }
-                    if burst.len() == BURST_MAX {
+                    if burst.len() == BURST_MAX || bytes >= BURST_BYTES {
                         break;
                     }
                     got = rx.try_recv();
                 }
                 h.publish(&mut burst);
+                bytes = 0;
             }
         });
         hub
     }
 
-    /// Serialize a frame and note it in the live status.
-    fn prepare(&self, a: &Appended) -> Arc<LiveFrame> {
-        self.observe(&a.frame);
-        Arc::new(LiveFrame::new(&a.frame, Some(a.at)))
+    /// Serialize a frame and note it in the live status; `None` for a record that does not
+    /// decode (counted by the journal).
+    fn prepare(&self, a: &Appended, journal: &Journal) -> Option<Arc<LiveFrame>> {
+        let v = match a.view() {
+            Ok(v) => v,
+            Err(e) => {
+                journal.record_decode_error(a.seq, &e);
+                return None;
+            }
+        };
+        self.observe(&Sighting::of(&v));
+        Some(Arc::new(LiveFrame::new(&v, Some(a.at))))
     }
 
     /// Write a prepared burst to every client that wants it: one `writev` per client per
@@ -234,23 +303,24 @@ impl Hub {
     }
 
     /// Update live device/vehicle status from a frame.
-    fn observe(&self, f: &Frame) {
-        update(&mut lock(&self.devices), &f.device, |e: &mut DeviceLive| {
+    fn observe(&self, f: &Sighting<'_>) {
+        update(&mut lock(&self.devices), f.device, |e: &mut DeviceLive| {
             e.last_seen_ms = e.last_seen_ms.max(f.ts_ms);
             e.last_seq = f.seq;
-            e.last_kind.clone_from(&f.kind);
+            if e.last_kind != f.kind {
+                f.kind.clone_into(&mut e.last_kind);
+            }
             e.frames += 1;
         });
-        if let Some(v) = &f.vehicle {
+        if let Some(v) = f.vehicle {
             update(&mut lock(&self.vehicles), v, |e: &mut VehicleLive| {
                 e.last_seen_ms = e.last_seen_ms.max(f.ts_ms);
                 e.last_seq = f.seq;
-                let num = |k: &str| f.payload.get(k).and_then(|x| x.as_f64());
-                if let (Some(lat), Some(lon)) = (num("lat"), num("lon")) {
-                    e.position = Some([lat, lon]);
+                if f.position.is_some() {
+                    e.position = f.position;
                 }
-                if let Some(s) = num("speed_kmh") {
-                    e.speed_kmh = Some(s);
+                if f.speed_kmh.is_some() {
+                    e.speed_kmh = f.speed_kmh;
                 }
             });
         }

@@ -4,6 +4,8 @@
 //! session: the hub writes them into the client's [`Conn`]. The session reads the client's
 //! messages, answers them through the same `Conn` (so replies and frames stay in order),
 //! replays the journal for `from_seq`, and drains what the socket could not take at once.
+//! Replay reads run on the blocking pool, a chunk bounded in frames and bytes at a time,
+//! payloads copied as stored text (no `Value` tree).
 
 use super::conn::{close_frame, text_frame, Conn, Mode, Stuck};
 use super::hub::{ClientInfo, Hub, LiveFrame};
@@ -27,6 +29,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// Largest client message; bigger ones close the connection with 1009.
 pub const MAX_MESSAGE: usize = 64 * 1024;
@@ -38,6 +41,9 @@ pub const READ_LIMIT: usize = 1 << 20;
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Frames per journal read during backfill.
 const REPLAY_CHUNK: usize = 512;
+/// Bytes of encoded frames per journal read during backfill (the frame that crosses it
+/// is the chunk's last).
+const REPLAY_BYTES: usize = 1 << 20;
 
 /// What a session needs from the gateway.
 #[derive(Clone)]
@@ -241,26 +247,53 @@ pub async fn run(io: TcpStream, read_buf: Bytes, ctx: SessionCtx, key: KeyInfo, 
             .await;
     let id = ctx.hub.add_client(info, Arc::clone(&conn));
     let span = tracing::info_span!("ws", client = %name, %addr, id);
-    let _g = span.enter();
-    tracing::info!(key = %key.id, "client connected");
-    let mut s = Session { ctx, key, id, conn };
-    let end = s.serve(&mut socket, &name).await;
-    let close = match &end {
-        End::Close(code, why) => Some(close_frame(*code, why)),
-        End::Shutdown => Some(close_frame(1001, "gateway shutting down")),
-        End::Closed => None,
-    };
-    if close.is_none() {
-        // tungstenite queues its reply to a client's close until the next read or flush.
-        let _ = tokio::time::timeout(Duration::from_millis(100), socket.flush()).await;
+    async move {
+        tracing::info!(key = %key.id, "client connected");
+        let mut s = Session { ctx, key, id, conn };
+        let end = s.serve(&mut socket, &name).await;
+        let close = match &end {
+            End::Close(code, why) => Some(close_frame(*code, why)),
+            End::Shutdown => Some(close_frame(1001, "gateway shutting down")),
+            End::Closed => None,
+        };
+        if close.is_none() {
+            // tungstenite queues its reply to a client's close until the next read or flush.
+            let _ = tokio::time::timeout(Duration::from_millis(100), socket.flush()).await;
+        }
+        s.conn.close(close, Duration::from_secs(1)).await;
+        s.ctx.hub.remove_client(id);
+        match end {
+            End::Closed => tracing::info!("client disconnected"),
+            End::Shutdown => tracing::info!("client closed for shutdown"),
+            End::Close(code, why) => tracing::warn!(code, why, "client closed by gateway"),
+        }
     }
-    s.conn.close(close, Duration::from_secs(1)).await;
-    s.ctx.hub.remove_client(id);
-    match end {
-        End::Closed => tracing::info!("client disconnected"),
-        End::Shutdown => tracing::info!("client closed for shutdown"),
-        End::Close(code, why) => tracing::warn!(code, why, "client closed by gateway"),
-    }
+    .instrument(span)
+    .await
+}
+
+/// One backfill read from `next`: the encoded frames that pass `filters`, and the last seq
+/// read (`None`: nothing stored at or after `next`). Blocking.
+fn replay_read(
+    journal: &Journal,
+    next: u64,
+    filters: &Filters,
+) -> (Vec<(u64, Bytes)>, Option<u64>) {
+    let mut wires = Vec::new();
+    let (mut last, mut bytes) = (None, 0);
+    journal.scan(next, REPLAY_CHUNK, |v| {
+        if bytes >= REPLAY_BYTES {
+            return false;
+        }
+        last = Some(v.seq);
+        if filters.matches(v.device, v.vehicle, v.kind) {
+            let wire = LiveFrame::encode(&v);
+            bytes += wire.len();
+            wires.push((v.seq, wire));
+        }
+        true
+    });
+    (wires, last)
 }
 
 impl Session {
@@ -325,28 +358,37 @@ impl Session {
 
     /// Send one chunk of journal replay; switch to live when caught up.
     async fn replay_chunk(&mut self) -> Result<(), End> {
-        let Mode::Replay(next) = self.conn.state().mode else {
-            return Ok(());
+        let (next, filters) = {
+            let st = self.conn.state();
+            let Mode::Replay(next) = st.mode else {
+                return Ok(());
+            };
+            (next, st.filters.clone())
         };
-        let frames: Vec<Frame> = self.ctx.journal.range(next, REPLAY_CHUNK);
-        let Some(last) = frames.last().map(|f| f.seq) else {
-            // Caught up? Decide under the lock the hub delivers under: any frame the hub
-            // has seen is already in the journal, so nothing falls between replay and live.
+        // A frame counts in `last_seq` before it reaches the journal's readers or the hub,
+        // so a read that finds nothing means nothing exists in `next..=issued`.
+        let issued = self.ctx.journal.last_seq();
+        let journal = self.ctx.journal.clone();
+        let read = tokio::task::spawn_blocking(move || replay_read(&journal, next, &filters));
+        let Ok((wires, last)) = read.await else {
+            return Err(End::Close(1011, "journal read failed"));
+        };
+        let Some(last) = last else {
+            // Caught up? Decide under the lock the hub delivers under: if nothing was
+            // appended since `issued`, every later frame reaches this client live.
             let mut st = self.conn.state();
-            if st.mode == Mode::Replay(next) && self.ctx.journal.range(next, 1).is_empty() {
-                st.mode = Mode::Live;
-                st.last_sent = (next - 1).min(self.ctx.journal.last_seq());
+            if st.mode == Mode::Replay(next) {
+                if self.ctx.journal.last_seq() == issued {
+                    st.mode = Mode::Live;
+                    st.last_sent = (next - 1).min(issued);
+                } else {
+                    st.mode = Mode::Replay(next.max(issued + 1));
+                }
             }
             return Ok(());
         };
-        let filters = self.conn.state().filters.clone();
-        for f in frames
-            .iter()
-            .filter(|f| filters.matches(&f.device, f.vehicle.as_deref(), &f.kind))
-        {
-            self.conn
-                .replayed(f.seq, LiveFrame::encode(f), WRITE_TIMEOUT)
-                .await?;
+        for (seq, wire) in wires {
+            self.conn.replayed(seq, wire, WRITE_TIMEOUT).await?;
         }
         let mut st = self.conn.state();
         if st.mode == Mode::Replay(next) {

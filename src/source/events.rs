@@ -129,6 +129,27 @@ impl AdapterReinit<'_> {
     }
 }
 
+/// The journal's write queue was full (its disk stalled or failing), so frames from a
+/// device that cannot be paused were dropped.
+pub struct Overrun<'a> {
+    /// Source name.
+    pub source: &'a str,
+    /// Frames dropped.
+    pub frames: u64,
+}
+
+impl Overrun<'_> {
+    /// Count the frames under reason `overrun` in `slot` and log (rate-limited by `limit`).
+    pub fn emit(self, slot: &SourceSlot, limit: &mut LogLimit) {
+        slot.add_invalid_reason("overrun", self.frames);
+        if limit.admit("overrun") {
+            tracing::error!(source = %self.source, frames = self.frames,
+                "journal write queue full (disk stalled or failing): frames dropped");
+        }
+        flush_summary(self.source, limit);
+    }
+}
+
 /// Logs the summary of suppressed lines when one is due.
 fn flush_summary(source: &str, limit: &mut LogLimit) {
     if let Some(counts) = limit.summary_due() {

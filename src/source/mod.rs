@@ -115,6 +115,9 @@ pub struct SourceState {
     pub invalid_by_reason: BTreeMap<String, u64>,
     /// Last error, if any; cleared once the source runs again.
     pub last_error: Option<String>,
+    /// Counters the source's broker publishes (MQTT `$SYS`, broker-wide), by name.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub broker: BTreeMap<&'static str, u64>,
     /// When `last_error` happened, unix ms.
     pub last_error_at_ms: Option<i64>,
     /// What a simulator produced, by kind: `gps`/`obd` samples journaled (direct mode), or
@@ -164,6 +167,7 @@ impl SourceStates {
                 invalid: 0,
                 invalid_by_reason: BTreeMap::new(),
                 last_error: None,
+                broker: BTreeMap::new(),
                 last_error_at_ms: None,
                 produced: BTreeMap::new(),
                 detail: None,
@@ -263,6 +267,13 @@ impl SourceSlot {
     /// Count one rejected input.
     pub fn add_invalid(&self) {
         self.update(|s| s.invalid += 1);
+    }
+
+    /// Record a counter the source's broker reported.
+    pub fn set_broker_stat(&self, name: &'static str, value: u64) {
+        self.update(|s| {
+            s.broker.insert(name, value);
+        });
     }
 
     /// Count `n` rejected inputs for `reason` (also added to `invalid`).

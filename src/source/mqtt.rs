@@ -8,8 +8,14 @@
 //! `mqtts://`. With `clean_session = false` and a stable `client_id` the broker holds
 //! messages while the gateway is down and redelivers whatever was not acknowledged, so a
 //! crash between journaling and acking yields a duplicate frame, never a lost one.
+//!
+//! When the journal's write queue is full the task stops reading from the broker (which
+//! keeps the rest) until there is room; it never acks what is not on disk. When the acks
+//! owed fill the broker's in-flight window it asks the journal to commit at once.
 
 mod ack;
+mod pause;
+mod sys;
 mod task;
 mod tls;
 pub mod topic;
@@ -56,6 +62,16 @@ pub struct MqttConfig {
     /// Where WebSocket `command`s for a device seen on this broker are published (QoS1),
     /// e.g. `fleet/{vehicle}/{device}/cmd`; absent = devices here take no commands.
     pub command_topic: Option<String>,
+    /// The broker's in-flight window for QoS1 messages to us (mosquitto's
+    /// `max_inflight_messages`, default 20). Once this many PUBACKs are owed the journal
+    /// commits at once instead of waiting out `flush_ms`: the broker sends nothing more
+    /// until it gets acks, and its queue overflows meanwhile.
+    #[serde(default = "default_broker_inflight")]
+    pub broker_inflight: Positive,
+    /// Subscribe to the broker's `$SYS` counters (mosquitto's dropped/received/sent
+    /// messages) on this connection and show them in `/api/status`.
+    #[serde(default = "default_broker_stats")]
+    pub broker_stats: bool,
 }
 
 /// One subscription.
@@ -80,6 +96,12 @@ fn default_keep_alive() -> Positive {
 }
 fn default_qos() -> u8 {
     1
+}
+fn default_broker_inflight() -> Positive {
+    Positive(20)
+}
+fn default_broker_stats() -> bool {
+    true
 }
 
 /// Where to connect, from `url`.

@@ -11,8 +11,9 @@
 
 use crate::config::ConfigError;
 use crate::frame::Frame;
+use crate::journal::JournalError;
 use crate::source::elm327::{self, Reply};
-use crate::source::events::{AdapterReinit, LogLimit, ObdCommandFailed};
+use crate::source::events::{AdapterReinit, LogLimit, ObdCommandFailed, Overrun};
 use crate::source::port::{self, Backoff, Outage};
 use crate::source::SourceCtx;
 use crate::units::Positive;
@@ -448,6 +449,14 @@ impl Poller {
         match self.ctx.journal.append(f) {
             Ok(_) => {
                 self.ctx.slot.add_frames(1);
+                Ok(())
+            }
+            Err(JournalError::Full { .. }) => {
+                Overrun {
+                    source: &self.cfg.name,
+                    frames: 1,
+                }
+                .emit(&self.ctx.slot, &mut self.limit);
                 Ok(())
             }
             Err(e) => Err(Ended::Journal(e.to_string())),

@@ -10,7 +10,8 @@
 
 use crate::config::ConfigError;
 use crate::frame::Frame;
-use crate::source::events::{InvalidFrame, LogLimit};
+use crate::journal::JournalError;
+use crate::source::events::{InvalidFrame, LogLimit, Overrun};
 use crate::source::framing::{Decoded, FrameDecoder, Framing};
 use crate::source::port::{self, Backoff, Outage};
 use crate::source::SourceCtx;
@@ -217,6 +218,11 @@ async fn read_port(
             let n = batch.len() as u64;
             match ctx.journal.append_many(std::mem::take(&mut batch)) {
                 Ok(_) => ctx.slot.add_frames(n),
+                Err(JournalError::Full { .. }) => Overrun {
+                    source: &cfg.name,
+                    frames: n,
+                }
+                .emit(&ctx.slot, limit),
                 Err(e) => return Ended::Journal(e.to_string()),
             }
         }

@@ -6,6 +6,8 @@
 //! follows speed through a gear ratio, the coolant warms up, the battery charges.
 
 use crate::frame::Frame;
+use crate::journal::JournalError;
+use crate::source::events::{LogLimit, Overrun};
 use crate::source::SourceCtx;
 use crate::units::Positive;
 use futures_util::future::BoxFuture;
@@ -244,6 +246,7 @@ async fn run(cfg: SimConfig, ctx: SourceCtx) {
     let mut vehicle = Vehicle::new(cfg.seed);
     slot.set_state("running", None);
     let mut beat = super::beat_interval();
+    let mut limit = LogLimit::new();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -260,6 +263,11 @@ async fn run(cfg: SimConfig, ctx: SourceCtx) {
                 slot.add_produced("gps", 1);
                 slot.add_produced("obd", 1);
             }
+            Err(JournalError::Full { .. }) => Overrun {
+                source: &cfg.name,
+                frames: 2,
+            }
+            .emit(&slot, &mut limit),
             Err(e) => {
                 slot.set_state("stopped", Some(e.to_string()));
                 tracing::error!(source = %cfg.name, error = %e, "simulator cannot journal; stopping");

@@ -13,9 +13,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-/// Path of the built binary.
-pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_fieldgate")
+/// Path of the built binary; `FIELDGATE_TEST_BIN` runs the tests against another build
+/// (e.g. a release binary, or an older commit's for before/after figures).
+pub fn bin() -> String {
+    std::env::var("FIELDGATE_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_fieldgate").into())
 }
 
 /// A loopback port that was free a moment ago.
@@ -190,6 +191,17 @@ impl Gateway {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The process's peak RSS so far in kB (`VmHWM`, the kernel's high-water mark).
+    pub fn peak_rss_kb(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("/proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM")
     }
 
     /// SIGTERM and wait for a clean exit.

@@ -45,10 +45,25 @@ impl Mosquitto {
 
     /// [`Mosquitto::start`] with `extra` appended to its config (e.g. a TLS listener).
     pub fn start_with(dir: &Path, max_inflight: u32, extra: &str) -> Mosquitto {
-        mosquitto_bin();
-        let port = free_port();
         let store = dir.join("mosquitto-store");
         std::fs::create_dir_all(&store).expect("store dir");
+        Self::start_conf(
+            dir,
+            &format!(
+                "persistence true\npersistence_location {store}/\nautosave_interval 1\n\
+                 max_queued_messages 0\nmax_inflight_messages {max_inflight}\nlog_dest stderr\n\
+                 log_type error\nlog_type warning\nlog_type notice\nlog_type information\n{extra}",
+                store = store.display()
+            ),
+        )
+    }
+
+    /// A broker with a loopback listener, anonymous access and otherwise only `body` in its
+    /// config (empty: Debian's defaults, e.g. `max_inflight_messages 20`,
+    /// `max_queued_messages 1000`).
+    pub fn start_conf(dir: &Path, body: &str) -> Mosquitto {
+        mosquitto_bin();
+        let port = free_port();
         // As root, mosquitto would switch to the `mosquitto` user and fail to write here.
         let user = if unsafe { libc::getuid() } == 0 {
             "user root\n"
@@ -58,13 +73,7 @@ impl Mosquitto {
         let conf = dir.join("mosquitto.conf");
         std::fs::write(
             &conf,
-            format!(
-                "{user}listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
-                 persistence_location {store}/\nautosave_interval 1\nmax_queued_messages 0\n\
-                 max_inflight_messages {max_inflight}\nlog_dest stderr\n\
-                 log_type error\nlog_type warning\nlog_type notice\nlog_type information\n{extra}",
-                store = store.display()
-            ),
+            format!("{user}listener {port} 127.0.0.1\nallow_anonymous true\n{body}"),
         )
         .expect("write mosquitto.conf");
         let mut m = Mosquitto {
@@ -310,8 +319,9 @@ pub fn publish_all(port: u16, client_id: &str, messages: Vec<(String, Vec<u8>)>)
     rt.block_on(async {
         let mut o = MqttOptions::new(client_id, "127.0.0.1", port);
         o.set_max_packet_size(4 << 20, 4 << 20);
-        let (client, mut ev) = AsyncClient::new(o, 100);
         let n = messages.len();
+        // Every publish is queued before the event loop is polled: room for all of them.
+        let (client, mut ev) = AsyncClient::new(o, n.max(1));
         for (topic, payload) in messages {
             client
                 .publish(topic, QoS::AtLeastOnce, false, payload)
@@ -336,6 +346,24 @@ pub fn publish_all(port: u16, client_id: &str, messages: Vec<(String, Vec<u8>)>)
         })
         .await;
     });
+}
+
+/// Publish `{}` to `topic` (QoS1) until `received()` (a count of what the subscriber has)
+/// grows: a subscription is only known to be active once something arrived through it.
+/// One probe a second, for 30 s at most.
+pub fn probe_until(port: u16, topic: &str, received: impl Fn() -> u64) {
+    let before = received();
+    for _ in 0..30 {
+        publish_all(port, "probe", vec![(topic.to_string(), b"{}".to_vec())]);
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(1) {
+            if received() > before {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    panic!("nothing arrived through the subscription to {topic} in 30 s");
 }
 
 /// Every frame's payload `id` in the journal at `path` → how many frames carry it, plus

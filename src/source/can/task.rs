@@ -14,7 +14,8 @@ use super::config::CanConfig;
 use super::ingest::Ingest;
 use super::transport::{Event, Link};
 use crate::frame::{now_ms, Frame};
-use crate::source::events::{InvalidFrame, LogLimit};
+use crate::journal::JournalError;
+use crate::source::events::{InvalidFrame, LogLimit, Overrun};
 use crate::source::port::{Backoff, Outage};
 use crate::source::SourceCtx;
 use futures_util::FutureExt;
@@ -174,6 +175,12 @@ async fn read_bus(
             let n = batch.len() as u64;
             match ctx.journal.append_many(std::mem::take(&mut batch)) {
                 Ok(_) => ctx.slot.add_frames(n),
+                // A bus cannot be paused: what the stalled disk cannot take is counted.
+                Err(JournalError::Full { .. }) => Overrun {
+                    source: &cfg.name,
+                    frames: n,
+                }
+                .emit(&ctx.slot, limit),
                 Err(e) => return Ended::Journal(e.to_string()),
             }
         }

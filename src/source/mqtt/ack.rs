@@ -18,10 +18,14 @@
 //! *different* message that reuses the id. Every batch therefore carries the connection
 //! [`Generation`] it arrived on; acks for an older generation are dropped (the broker's
 //! redelivery is journaled again, a duplicate rather than a loss).
+//!
+//! [`Generation::owe`] counts the PUBACKs owed (queued here, not yet handed to rumqttc), so
+//! the event loop can ask for a commit at once when they fill the broker's in-flight window.
 
 use crate::journal::Journal;
 use rumqttc::{AsyncClient, Publish, QoS};
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -53,6 +57,7 @@ struct Ready {
 struct Shared {
     generation: Mutex<u64>,
     ready: Mutex<VecDeque<Ready>>,
+    owed: AtomicUsize,
 }
 
 /// The current connection generation (bumped by the event loop on every disconnect) and
@@ -74,6 +79,19 @@ impl Generation {
         crate::sync::lock(&self.0.ready).clear();
         purge();
         *g
+    }
+
+    /// `n` more PUBACKs are owed (handed to the ack task); returns how many are owed now.
+    pub fn owe(&self, n: usize) -> usize {
+        self.0.owed.fetch_add(n, Relaxed) + n
+    }
+
+    /// `n` owed PUBACKs were queued to rumqttc or dropped as stale.
+    fn settled(&self, n: usize) {
+        let _ = self
+            .0
+            .owed
+            .fetch_update(Relaxed, Relaxed, |o| Some(o.saturating_sub(n)));
     }
 
     /// rumqttc has sent the PUBACK for `pkid`: the acks queued behind it, to be written
@@ -171,8 +189,14 @@ pub async fn run(
             let pkids: Vec<u16> = run.iter().flat_map(|b| b.pkids.iter().copied()).collect();
             loop {
                 match queue_acks(&client, &generation, run[0].generation, &pkids) {
-                    None => totals.stale += pkids.len() as u64,
-                    Some(true) => totals.acked += pkids.len() as u64,
+                    None => {
+                        totals.stale += pkids.len() as u64;
+                        generation.settled(pkids.len());
+                    }
+                    Some(true) => {
+                        totals.acked += pkids.len() as u64;
+                        generation.settled(pkids.len());
+                    }
                     Some(false) => {
                         // The request channel is full: the event loop is busy writing.
                         tokio::select! {

@@ -1,11 +1,13 @@
 //! The MQTT source task: one task drives rumqttc's `EventLoop::poll`, turns publishes into
-//! frames and appends them (a burst at a time), and hands the PUBACKs it owes to the ack
-//! task. Disconnects are a state (`waiting`), retried with exponential backoff, logged once
-//! per outage and once on recovery.
+//! frames and appends them (a burst at a time, bounded in count and bytes), and hands the
+//! PUBACKs it owes to the ack task. Disconnects are a state (`waiting`), retried with
+//! exponential backoff, logged once per outage and once on recovery. A full journal write
+//! queue is a state too (`paused`, see `pause`).
 
 use super::ack::{self, AckBatch, Generation};
 use super::topic::{decode_payload, Reject, TopicPattern};
 use super::{parse_url, tls, MqttConfig};
+use super::{pause, sys};
 use crate::frame::Frame;
 use crate::journal::{Journal, JournalError};
 use crate::source::{SourceCtx, SourceSlot};
@@ -28,6 +30,9 @@ const BACKOFF_MAX: Duration = Duration::from_secs(10);
 const REQUEST_CAP: usize = 4096;
 /// Most publishes appended together.
 const BATCH_MAX: usize = 512;
+/// Most payload bytes appended together (a parsed JSON payload can be many times its
+/// text: a batch is held as `Value` trees until it is appended).
+const BATCH_BYTES: usize = 256 << 10;
 /// Bytes of MQTT framing allowed on top of `max_frame` (topic, header).
 const PACKET_OVERHEAD: u64 = 64 << 10;
 /// At most one log line per reject reason per this interval.
@@ -146,6 +151,15 @@ struct Pending {
     frames: Vec<Frame>,
     /// QoS1 packet ids, accepted or rejected, in arrival order.
     pkids: Vec<u16>,
+    /// Payload bytes of `frames`.
+    bytes: usize,
+}
+
+impl Pending {
+    /// Whether the batch should be appended now.
+    fn full(&self) -> bool {
+        self.frames.len() >= BATCH_MAX || self.bytes >= BATCH_BYTES
+    }
 }
 
 struct Source {
@@ -173,9 +187,13 @@ impl Source {
         })
     }
 
-    /// The SUBSCRIBE for every configured pattern.
+    /// The SUBSCRIBE for every configured pattern, then (QoS0) the broker's counters.
     fn subscribe_request(&self) -> Request {
-        Request::Subscribe(Subscribe::new_many(filters(&self.cfg, &self.patterns)))
+        let stats = sys::filters()
+            .filter(|_| self.cfg.broker_stats)
+            .map(|f| SubscribeFilter::new(f, QoS::AtMostOnce));
+        let filters = filters(&self.cfg, &self.patterns).into_iter();
+        Request::Subscribe(Subscribe::new_many(filters.chain(stats)))
     }
 
     async fn run(mut self, ctx: SourceCtx) {
@@ -211,6 +229,7 @@ impl Source {
             .in_current_span(),
         );
         let mut current_gen = *generation.lock();
+        let commit_at = usize::try_from(self.cfg.broker_inflight.0).unwrap_or(usize::MAX);
         let mut backoff = BACKOFF_MIN;
         let mut outage: Option<Instant> = None;
         let mut subscribed = false;
@@ -267,18 +286,37 @@ impl Source {
                     write_acks_after(&mut eventloop, &generation, pkid).await;
                 }
                 Ok(Event::Incoming(Packet::SubAck(s))) => {
-                    if s.return_codes.contains(&SubscribeReasonCode::Failure) {
+                    let (ours, stats) = s
+                        .return_codes
+                        .split_at(self.patterns.len().min(s.return_codes.len()));
+                    if ours.contains(&SubscribeReasonCode::Failure) {
                         tracing::error!(codes = ?s.return_codes, "MQTT broker refused a subscription");
                         slot.set_state("running", Some("broker refused a subscription".into()));
+                    }
+                    if stats.contains(&SubscribeReasonCode::Failure) {
+                        tracing::info!("the MQTT broker does not share its $SYS counters with us");
                     }
                 }
                 Ok(_) => {}
                 Err(e) => {
                     // Journal what this connection delivered (its acks will be stale and
                     // dropped: the broker redelivers), then start a new generation.
-                    if let Err(je) = append(&journal, &slot, &ack_tx, current_gen, &mut pending) {
-                        tracing::warn!(error = %je, "journal closed; MQTT source stopping");
-                        break;
+                    match append(
+                        &journal,
+                        &slot,
+                        &ack_tx,
+                        &generation,
+                        current_gen,
+                        commit_at,
+                        &mut pending,
+                    ) {
+                        Ok(()) => {}
+                        // Never acked: the broker sends it all again.
+                        Err(JournalError::Full { .. }) => pending = Pending::default(),
+                        Err(je) => {
+                            tracing::warn!(error = %je, "journal closed; MQTT source stopping");
+                            break;
+                        }
                     }
                     current_gen = generation.bump(|| reset(&mut eventloop));
                     self.on_disconnect(&e, &slot, &mut outage);
@@ -290,8 +328,35 @@ impl Source {
                     continue;
                 }
             }
-            if eventloop.state.events.is_empty() || pending.frames.len() >= BATCH_MAX {
-                match append(&journal, &slot, &ack_tx, current_gen, &mut pending) {
+            if eventloop.state.events.is_empty() || pending.full() {
+                let appended = loop {
+                    match append(
+                        &journal,
+                        &slot,
+                        &ack_tx,
+                        &generation,
+                        current_gen,
+                        commit_at,
+                        &mut pending,
+                    ) {
+                        // Hold the batch and stop reading until the journal can take it.
+                        Err(JournalError::Full { needed, frames, .. }) => {
+                            if let Err(e) = pause::until_room(
+                                &mut eventloop,
+                                &journal,
+                                (frames, needed),
+                                &shutdown,
+                                &slot,
+                            )
+                            .await
+                            {
+                                break Err(e);
+                            }
+                        }
+                        other => break other,
+                    }
+                };
+                match appended {
                     Ok(()) => {}
                     Err(JournalError::Closed) => break,
                     Err(e) => {
@@ -387,6 +452,9 @@ impl Source {
         if p.qos != QoS::AtMostOnce {
             pending.pkids.push(p.pkid);
         }
+        if self.cfg.broker_stats && sys::take(&p.topic, &p.payload, slot) {
+            return;
+        }
         let Some(ids) = self
             .patterns
             .iter()
@@ -412,6 +480,7 @@ impl Source {
             payload,
         );
         frame.vehicle = ids.vehicle.or_else(|| self.cfg.vehicle.clone());
+        pending.bytes += p.payload.len();
         pending.frames.push(frame);
     }
 
@@ -474,25 +543,30 @@ async fn write_acks_after(eventloop: &mut EventLoop, generation: &Generation, pk
     }
 }
 
-/// Append the pending frames and queue the acks they (and any rejected publishes) owe.
+/// Append the pending frames and queue the acks they (and any rejected publishes) owe;
+/// ask for a commit at once when the acks owed reach `commit_at` (the broker's in-flight
+/// window). On [`JournalError::Full`] `pending` is kept whole for another try.
 fn append(
     journal: &Journal,
     slot: &SourceSlot,
     ack_tx: &mpsc::UnboundedSender<AckBatch>,
+    owed: &Generation,
     generation: u64,
+    commit_at: usize,
     pending: &mut Pending,
 ) -> Result<(), JournalError> {
     let mut durable_seq = 0;
     if !pending.frames.is_empty() {
         let n = pending.frames.len() as u64;
-        let frames = std::mem::take(&mut pending.frames);
-        match journal.append_many(frames) {
+        match journal.try_append_many(&mut pending.frames) {
             Ok(seqs) => durable_seq = *seqs.end(),
+            Err(e @ JournalError::Full { .. }) => return Err(e),
             Err(e) => {
-                pending.pkids.clear();
+                *pending = Pending::default();
                 return Err(e);
             }
         }
+        pending.bytes = 0;
         slot.add_frames(n);
     }
     if !pending.pkids.is_empty() {
@@ -501,6 +575,9 @@ fn append(
             durable_seq,
             pkids: std::mem::take(&mut pending.pkids),
         };
+        if owed.owe(batch.pkids.len()) >= commit_at && durable_seq > 0 {
+            journal.commit_now();
+        }
         // The ack task only ends after this task drops the sender.
         let _ = ack_tx.send(batch);
     }
