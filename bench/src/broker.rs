@@ -11,7 +11,7 @@ use std::io::{BufWriter, Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -134,6 +134,8 @@ pub fn take_packets(buf: &mut BytesMut, mut each: impl FnMut(Packet)) -> anyhow:
 pub struct RawPublisher {
     out: BufWriter<TcpStream>,
     acked: Arc<AtomicU64>,
+    /// Set when a PUBACK arrived out of order (its id was not the next one expected).
+    disorder: Arc<AtomicBool>,
     sent: u64,
     window: u64,
     qos: QoS,
@@ -164,8 +166,10 @@ impl RawPublisher {
             other => bail!("broker refused the publisher: {other:?}"),
         }
         let acked = Arc::new(AtomicU64::new(0));
+        let disorder = Arc::new(AtomicBool::new(false));
         let mut rd = s.try_clone()?;
         let counter = Arc::clone(&acked);
+        let out_of_order = Arc::clone(&disorder);
         let reader = std::thread::Builder::new()
             .name("bench-puback".into())
             .spawn(move || {
@@ -178,8 +182,15 @@ impl RawPublisher {
                     }
                     let mut acks = 0;
                     let mut other = None;
+                    let base = counter.load(Relaxed);
                     let read = take_packets(&mut buf, |p| match p {
-                        Packet::PubAck(_) => acks += 1,
+                        Packet::PubAck(a) => {
+                            // The broker acks in order: the k-th ack is for packet id k.
+                            if u64::from(a.pkid) != (base + acks) % 65_535 + 1 {
+                                out_of_order.store(true, Relaxed);
+                            }
+                            acks += 1;
+                        }
                         p => other = Some(p),
                     });
                     counter.fetch_add(acks, Relaxed);
@@ -196,6 +207,7 @@ impl RawPublisher {
         Ok(RawPublisher {
             out: BufWriter::with_capacity(64 << 10, s),
             acked,
+            disorder,
             sent: 0,
             window: u64::from(window.clamp(1, 65_000)),
             qos: QoS::AtLeastOnce,
@@ -236,6 +248,27 @@ impl RawPublisher {
         p.write(&mut self.pkt)
             .map_err(|e| anyhow::anyhow!("encoding PUBLISH: {e:?}"))?;
         Ok(self.out.write_all(&self.pkt)?)
+    }
+
+    /// QoS1 messages published so far.
+    pub fn sent(&self) -> u64 {
+        self.sent
+    }
+
+    /// QoS1 messages the broker acknowledged so far: the first `acked()` published, as
+    /// long as [`RawPublisher::acks_in_order`] holds.
+    pub fn acked(&self) -> u64 {
+        self.acked.load(Relaxed)
+    }
+
+    /// Whether every PUBACK so far answered the oldest unacknowledged message.
+    pub fn acks_in_order(&self) -> bool {
+        !self.disorder.load(Relaxed)
+    }
+
+    /// Whether the connection is still up (the PUBACK reader has not seen it end).
+    pub fn connected(&self) -> bool {
+        self.reader.as_ref().is_some_and(|r| !r.is_finished())
     }
 
     /// Write out what [`RawPublisher::publish`] buffered.

@@ -11,6 +11,7 @@ pub mod journal;
 pub mod mongo;
 pub mod mqtt;
 pub mod scrape;
+pub mod secantus;
 pub mod serial;
 pub mod synthetic;
 pub mod ws;

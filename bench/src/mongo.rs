@@ -4,8 +4,9 @@
 //! Both numbers come from one run against one server, so the server's own speed (SecantusDB
 //! is Python) is visible next to the sink's: the sink can only be judged relative to it.
 
+use crate::secantus::Secantus;
 use crate::synthetic::synthetic_frame;
-use anyhow::{bail, Context};
+use anyhow::bail;
 use bson::{doc, Document, RawDocumentBuf};
 use clap::Args;
 use fieldgate::journal::{Journal, JournalConfig};
@@ -15,7 +16,6 @@ use fieldgate::units::{ByteSize, Positive};
 use mongodb::options::ClientOptions;
 use mongodb::{Client, IndexModel};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -48,16 +48,6 @@ pub struct MongoArgs {
     secantusd: Option<PathBuf>,
 }
 
-/// A SecantusDB process started for the bench; killed on drop.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn scratch(tag: &str) -> anyhow::Result<PathBuf> {
     let p = std::env::temp_dir().join(format!(
         "fieldgate-bench-mongo-{tag}-{}-{}",
@@ -66,44 +56,6 @@ fn scratch(tag: &str) -> anyhow::Result<PathBuf> {
     ));
     std::fs::create_dir_all(&p)?;
     Ok(p)
-}
-
-fn start_secantusd(
-    path: Option<PathBuf>,
-    dir: &std::path::Path,
-) -> anyhow::Result<(Server, String)> {
-    let exe = path
-        .or_else(|| std::env::var_os("FIELDGATE_TEST_SECANTUSD").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from(".venv-test/bin/secantusd-py"));
-    if !exe.exists() {
-        bail!(
-            "SecantusDB not found at {} (pass --secantusd or --uri)",
-            exe.display()
-        );
-    }
-    // Absolute: the server runs in the scratch directory.
-    let exe = std::path::absolute(&exe)?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let data = dir.join("secantus");
-    std::fs::create_dir_all(&data)?;
-    let child = Command::new(&exe)
-        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-        .arg("--storage-path")
-        .arg(&data)
-        .args(["--cache-size", "256M", "--log-level", "WARNING"])
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .with_context(|| format!("start {}", exe.display()))?;
-    println!("server: SecantusDB ({}) on 127.0.0.1:{port}", exe.display());
-    Ok((
-        Server(child),
-        format!("mongodb://127.0.0.1:{port}/?directConnection=true"),
-    ))
 }
 
 async fn client(uri: &str) -> anyhow::Result<Client> {
@@ -179,8 +131,15 @@ fn run_in(args: &MongoArgs, dir: &std::path::Path) -> anyhow::Result<()> {
             (None, u)
         }
         None => {
-            let (s, u) = start_secantusd(args.secantusd.clone(), dir)?;
-            (Some(s), u)
+            let exe = Secantus::launcher(args.secantusd.clone())?;
+            let server = Secantus::start(&exe, &dir.join("secantus"))?;
+            println!(
+                "server: SecantusDB ({}) on 127.0.0.1:{}",
+                exe.display(),
+                server.port()
+            );
+            let uri = server.uri();
+            (Some(server), uri)
         }
     };
     let rt = tokio::runtime::Runtime::new()?;

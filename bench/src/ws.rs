@@ -83,7 +83,7 @@ fn unix_ns() -> u64 {
 }
 
 /// The send timestamp inside a payload: the digits after `"t_ns":`.
-fn stamp(text: &[u8]) -> Option<u64> {
+pub fn stamp(text: &[u8]) -> Option<u64> {
     let key = b"\"t_ns\":";
     let at = memchr::memmem::find(text, key)? + key.len();
     let digits = text[at..].iter().take_while(|c| c.is_ascii_digit());

@@ -139,6 +139,7 @@ impl Inner {
         self.meta
             .insert("evicted", &seq_key(self.counters.evicted.load(Relaxed)))?;
         self.db.flush()?;
+        self.sync_data()?;
         if let Some(lease_end) = extend {
             let mut st = lock(&self.write);
             st.lease_end = st.lease_end.max(lease_end);

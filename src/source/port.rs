@@ -2,7 +2,7 @@
 //!
 //! USB adapters are unplugged, GPS pucks brown out, udev links appear late. The serial and
 //! OBD sources share this: [`open`] opens a path at a baud rate (8N1, no flow control, raw),
-//! [`Backoff`] spaces the retries (250 ms doubling to 5 s), and [`Outage`] makes sure an
+//! [`Backoff`] spaces the retries (250 ms doubling to 3 s), and [`Outage`] makes sure an
 //! outage is logged once and ends with one "back" line. A pseudo-terminal slave behaves
 //! like a USB adapter here: when its master closes, reads fail with `EIO`, the unplug.
 
@@ -15,8 +15,9 @@ use tokio_util::sync::CancellationToken;
 
 /// First retry delay after a failure.
 const BACKOFF_FIRST: Duration = Duration::from_millis(250);
-/// Longest retry delay.
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Longest retry delay: a device plugged back in is read again within about 3 s, however
+/// long it was gone (the promise is under 5 s, docs/reliability.md `ingest-faults`).
+const BACKOFF_MAX: Duration = Duration::from_secs(3);
 
 /// Opens `path` at `baud`, 8N1, no flow control.
 pub fn open(path: &Path, baud: u32) -> std::io::Result<SerialStream> {
@@ -30,7 +31,7 @@ pub fn open(path: &Path, baud: u32) -> std::io::Result<SerialStream> {
         .map_err(std::io::Error::from)
 }
 
-/// Exponential retry delays: 250 ms, 500 ms, ... capped at 5 s; reset after a success.
+/// Exponential retry delays: 250 ms, 500 ms, ... capped at 3 s; reset after a success.
 #[derive(Debug, Clone)]
 pub struct Backoff {
     next: Duration,
@@ -119,7 +120,7 @@ mod tests {
     fn backoff_doubles_to_the_cap_and_resets() {
         let mut b = Backoff::default();
         let ms: Vec<u128> = (0..7).map(|_| b.next_delay().as_millis()).collect();
-        assert_eq!(ms, [250, 500, 1000, 2000, 4000, 5000, 5000]);
+        assert_eq!(ms, [250, 500, 1000, 2000, 3000, 3000, 3000]);
         b.reset();
         assert_eq!(b.next_delay(), BACKOFF_FIRST);
     }
