@@ -224,6 +224,34 @@ fn meta_u64(meta: &sled::Tree, key: &str) -> Result<Option<u64>, sled::Error> {
     Ok(meta.get(key)?.as_deref().and_then(key_seq))
 }
 
+/// The key of the chunk that holds `seq`: the greatest chunk key at most `seq` among the
+/// [`chunk::CHUNK_MAX_FRAMES`] seqs up to it (no chunk holds more), else `seq` itself.
+///
+/// Forward iteration only: sled's reverse iteration (`next_back`, `Tree::last`, `get_lt`,
+/// `pop_max`) links a 1 MiB constant (its "greatest key", `[255; 1 << 20]`) into the
+/// binary, a sixth of the Pi's size budget (docs/benchmarks.md, "Binary size"); clippy.toml
+/// refuses those calls. The windows are searched nearest first (`seq` itself, the 15 seqs
+/// below, then the rest), so small chunks, where many keys lie close together, are found
+/// without walking up to 255 keys (`fold`, not `last`: clippy would suggest `next_back`).
+fn chunk_start(frames: &sled::Tree, seq: u64) -> u64 {
+    let mut hi = seq;
+    for width in [1, 16, chunk::CHUNK_MAX_FRAMES as u64] {
+        let lo = seq.saturating_sub(width - 1);
+        let greatest = frames
+            .range(seq_key(lo)..=seq_key(hi))
+            .filter_map(|item| key_seq(&item.ok()?.0))
+            .fold(None, |_, key| Some(key));
+        if let Some(key) = greatest {
+            return key;
+        }
+        if lo == 0 {
+            break;
+        }
+        hi = lo - 1;
+    }
+    seq
+}
+
 impl Inner {
     /// Record a seq lease ending at `lease_end`: in the floor file at once (fsynced), in
     /// `meta` with the next flush. Never lowers either; seqs up to `lease_end` may be issued
@@ -622,13 +650,7 @@ impl Journal {
             .collect();
         // The lowest seq not visited yet (the queue and the last chunks may overlap).
         let mut next = from_seq;
-        let start = inner
-            .frames
-            .range(..=seq_key(from_seq))
-            .next_back()
-            .and_then(|r| r.ok())
-            .and_then(|(k, _)| key_seq(&k))
-            .unwrap_or(from_seq);
+        let start = chunk_start(&inner.frames, from_seq);
         for item in inner.frames.range(seq_key(start)..) {
             let (k, v) = match item {
                 Ok(kv) => kv,
@@ -675,6 +697,12 @@ impl Journal {
     /// Count (and log, rate-limited) a stored record that could not be decoded.
     pub fn record_decode_error(&self, seq: u64, e: &DecodeError) {
         self.inner.counters.record_decode_error(seq, &e.to_string());
+    }
+
+    /// The first seq of the stored chunk that holds `seq` (else `seq`): where
+    /// [`Journal::range`] starts reading (public for fieldgate-bench).
+    pub fn chunk_start(&self, seq: u64) -> u64 {
+        chunk_start(&self.inner.frames, seq)
     }
 
     /// One frame by seq, if still in the journal.

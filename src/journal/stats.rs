@@ -91,15 +91,18 @@ impl Counters {
     /// Count what the frames tree holds (run once at open; reads chunk headers only).
     pub fn scan(&self, frames: &sled::Tree) -> Result<(), sled::Error> {
         let (mut n, mut bytes) = (0u64, 0u64);
+        // The last chunk is taken on the way: sled's `Tree::last` iterates backwards, which
+        // costs the binary 1 MiB (see `chunk_start` in journal.rs).
+        let mut last_chunk = None;
         for item in frames.iter() {
             let (k, v) = item?;
             n += chunk::header(&v).map_or(0, |h| u64::from(h.count));
             bytes += (k.len() + v.len()) as u64;
+            last_chunk = Some((k, v));
         }
         self.frames.store(n, Relaxed);
         self.bytes.store(bytes, Relaxed);
-        let last = frames
-            .last()?
+        let last = last_chunk
             .and_then(|(k, v)| Some(key_seq(&k)? + u64::from(chunk::header(&v)?.count) - 1))
             .unwrap_or(0);
         self.last_seq.store(last, Relaxed);

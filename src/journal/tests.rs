@@ -435,6 +435,26 @@ fn a_deleted_journal_continues_above_the_floor() {
 }
 
 #[test]
+fn the_stored_frames_alone_say_where_seqs_continue() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = cfg(dir.path());
+    assert_eq!(fill_and_close(&c, 25), 25);
+    // Lose every other record of the last seq: the clean-close mark, the lease, the floor.
+    {
+        let db = sled::open(&c.path).expect("sled");
+        let meta = db.open_tree("meta").expect("meta");
+        meta.remove("clean_next").expect("rm");
+        meta.remove("lease_end").expect("rm");
+        db.flush().expect("flush");
+    }
+    std::fs::remove_file(c.path.with_extension("seq")).expect("rm floor");
+    let j = Journal::open(c.clone()).expect("reopen");
+    assert_eq!(j.last_seq(), 25, "the last stored chunk's last seq");
+    assert_eq!(j.append(frame(0, 5)).expect("append"), 26, "no seq reused");
+    j.close().expect("close");
+}
+
+#[test]
 fn a_quarantined_journal_continues_above_the_floor() {
     let dir = tempfile::tempdir().expect("tempdir");
     let c = cfg(dir.path());
@@ -512,4 +532,27 @@ fn a_second_opener_is_stopped_by_the_lock_file_before_sled() {
     j.close().expect("close");
     drop(j);
     Journal::open(c).expect("free again once closed and dropped");
+}
+
+#[tokio::test]
+async fn range_starts_inside_chunks_of_every_size() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let j = Journal::open(cfg(dir.path())).expect("open");
+    // Chunks of 1, 2, 3, 20, 1 and 300 frames (the last split at CHUNK_MAX_FRAMES): every
+    // lookup window of `chunk_start` (the seq itself, the 15 below, the rest) is used.
+    let mut n = 0;
+    for size in [1, 2, 3, 20, 1, 300] {
+        let mut last = 0;
+        for _ in 0..size {
+            last = j.append(frame(n, 4)).expect("append");
+            n += 1;
+        }
+        j.wait_durable(last).await.expect("durable");
+    }
+    for from in 1..=n {
+        let want: Vec<u64> = (from..=n).take(3).collect();
+        let got: Vec<u64> = j.range(from, 3).iter().map(|f| f.seq).collect();
+        assert_eq!(got, want, "range({from}, 3)");
+    }
+    j.close().expect("close");
 }

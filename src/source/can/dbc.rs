@@ -209,9 +209,7 @@ fn read(path: &Path) -> Result<String, DbcError> {
     let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
     match String::from_utf8(bytes) {
         Ok(s) => Ok(s),
-        Err(e) => can_dbc::decode_cp1252(e.as_bytes())
-            .map(|s| s.into_owned())
-            .ok_or_else(|| err("neither UTF-8 nor Windows-1252 text".into())),
+        Err(e) => Ok(cp1252::decode(e.as_bytes())),
     }
 }
 
@@ -495,5 +493,6 @@ impl MessagePlan {
     }
 }
 
+mod cp1252;
 #[cfg(test)]
 pub(crate) mod tests;
