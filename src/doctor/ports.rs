@@ -496,8 +496,16 @@ mod tests {
             baud: 115_200,
             speak: Speak::Slcan,
         };
+        let answer = port(&pty.path).slcan().await;
+        if let Err(e) = &answer {
+            // qemu-user (the aarch64 unit tests in CI) implements no serial ioctls on a pty.
+            if e.detail.contains("Function not implemented") {
+                eprintln!("skipped: this platform cannot open a pty as a serial port: {e:?}");
+                return;
+            }
+        }
         assert_eq!(
-            port(&pty.path).slcan().await.expect("answers"),
+            answer.expect("answers"),
             format!("{} answers V: V1013 (SLCAN)", pty.path.display())
         );
         let silent = Pty::open().expect("pty");
