@@ -115,5 +115,8 @@ fn kernel_synchronised() -> Option<(bool, i64)> {
         return None;
     }
     let unsync = state == libc::TIME_ERROR || tx.status & libc::STA_UNSYNC != 0;
-    Some((!unsync, tx.maxerror / 1000))
+    // `c_long`: i32 on 32-bit ARM (armv7), i64 on 64-bit targets.
+    #[allow(clippy::useless_conversion)]
+    let maxerror_us = i64::from(tx.maxerror);
+    Some((!unsync, maxerror_us / 1000))
 }
