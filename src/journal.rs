@@ -389,6 +389,30 @@ impl Journal {
         self.try_append_many(&mut frames)
     }
 
+    /// Append `frames`, waiting up to `limit` for room when the write queue is full (the
+    /// source stops reading meanwhile, so the device's side buffers); past it the frames are
+    /// dropped with [`JournalError::Full`] for the caller to count.
+    pub async fn append_many_within(
+        &self,
+        mut frames: Vec<Frame>,
+        limit: std::time::Duration,
+    ) -> Result<std::ops::RangeInclusive<u64>, JournalError> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            match self.try_append_many(&mut frames) {
+                Err(JournalError::Full {
+                    needed, frames: n, ..
+                }) if tokio::time::Instant::now() < deadline => {
+                    let room = self.wait_room(n, needed);
+                    if tokio::time::timeout_at(deadline, room).await.is_err() {
+                        return self.append_many(frames);
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Append all of `frames` (emptying it) or, when the write queue cannot take them, none
     /// ([`JournalError::Full`], `frames` untouched). An empty queue takes any batch.
     pub fn try_append_many(

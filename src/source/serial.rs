@@ -218,7 +218,8 @@ async fn read_port(
         };
         if !batch.is_empty() {
             let n = batch.len() as u64;
-            match ctx.journal.append_many(std::mem::take(&mut batch)) {
+            let burst = std::mem::take(&mut batch);
+            match ctx.journal.append_many_within(burst, FULL_WAIT).await {
                 Ok(_) => ctx.slot.add_frames(n),
                 Err(JournalError::Full { .. }) => Overrun {
                     source: &cfg.name,
@@ -243,6 +244,10 @@ async fn read_port(
         }
     }
 }
+
+/// How long a read burst waits for room in a full journal write queue before it is
+/// dropped as `overrun` (the port is not read meanwhile; the tty buffers).
+const FULL_WAIT: Duration = Duration::from_secs(2);
 
 /// Commands queued per port before `command` reports the queue full.
 const COMMAND_QUEUE: usize = 16;
