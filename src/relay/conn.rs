@@ -144,13 +144,14 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// A connection writing to `io`, live with no filters, counting its deliveries in
-    /// `latency` and `totals` too (shared by all clients).
+    /// A connection writing to `io`, with no filters and not yet live (the session turns it
+    /// live together with its welcome, so no frame can go out before it), counting its
+    /// deliveries in `latency` and `totals` too (shared by all clients).
     pub fn new(io: WriteHalf, latency: Arc<LatencyHistogram>, totals: Arc<DeliveryTotals>) -> Self {
         Conn {
             io,
             state: Mutex::new(State {
-                mode: Mode::Live,
+                mode: Mode::Off,
                 filters: Filters::default(),
                 last_sent: 0,
                 complete: false,
