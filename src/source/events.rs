@@ -7,6 +7,7 @@
 //! through a per-source [`LogLimit`]: the first few occurrences in full, then at most one
 //! summary line per interval. Components call `emit`; they never format these lines.
 
+use crate::journal::JournalError;
 use crate::source::SourceSlot;
 use std::collections::BTreeMap;
 use std::fmt::Display;
@@ -154,6 +155,29 @@ impl Overrun<'_> {
                 "journal write queue full (disk stalled or failing): frames dropped");
         }
         flush_summary(self.source, limit);
+    }
+}
+
+/// Count the outcome of journaling `frames` frames: `Ok(true)` journaled (added to the
+/// source's frames), `Ok(false)` refused by a full write queue (an [`Overrun`]), `Err` any
+/// other journal error for the caller to end on.
+pub fn count_append<T>(
+    result: Result<T, JournalError>,
+    frames: u64,
+    source: &str,
+    slot: &SourceSlot,
+    limit: &mut LogLimit,
+) -> Result<bool, JournalError> {
+    match result {
+        Ok(_) => {
+            slot.add_frames(frames);
+            Ok(true)
+        }
+        Err(JournalError::Full { .. }) => {
+            Overrun { source, frames }.emit(slot, limit);
+            Ok(false)
+        }
+        Err(e) => Err(e),
     }
 }
 

@@ -11,9 +11,8 @@
 
 use crate::config::ConfigError;
 use crate::frame::Frame;
-use crate::journal::JournalError;
 use crate::source::elm327::{self, Reply};
-use crate::source::events::{AdapterReinit, LogLimit, ObdCommandFailed, Overrun};
+use crate::source::events::{count_append, AdapterReinit, LogLimit, ObdCommandFailed};
 use crate::source::port::{self, Backoff, Outage};
 use crate::source::SourceCtx;
 use crate::units::Positive;
@@ -446,20 +445,9 @@ impl Poller {
     fn journal(&mut self, kind: &str, payload: Value) -> Result<(), Ended> {
         let mut f = Frame::new(&self.ctx.gateway, &self.source, &self.device, kind, payload);
         f.vehicle = self.cfg.vehicle.clone();
-        match self.ctx.journal.append(f) {
-            Ok(_) => {
-                self.ctx.slot.add_frames(1);
-                Ok(())
-            }
-            Err(JournalError::Full { .. }) => {
-                Overrun {
-                    source: &self.cfg.name,
-                    frames: 1,
-                }
-                .emit(&self.ctx.slot, &mut self.limit);
-                Ok(())
-            }
-            Err(e) => Err(Ended::Journal(e.to_string())),
-        }
+        let appended = self.ctx.journal.append(f);
+        count_append(appended, 1, &self.cfg.name, &self.ctx.slot, &mut self.limit)
+            .map(|_| ())
+            .map_err(|e| Ended::Journal(e.to_string()))
     }
 }

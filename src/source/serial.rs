@@ -10,8 +10,7 @@
 
 use crate::config::ConfigError;
 use crate::frame::Frame;
-use crate::journal::JournalError;
-use crate::source::events::{InvalidFrame, LogLimit, Overrun};
+use crate::source::events::{count_append, InvalidFrame, LogLimit};
 use crate::source::framing::{Decoded, FrameDecoder, Framing};
 use crate::source::port::{self, Backoff, Outage};
 use crate::source::SourceCtx;
@@ -219,14 +218,9 @@ async fn read_port(
         if !batch.is_empty() {
             let n = batch.len() as u64;
             let burst = std::mem::take(&mut batch);
-            match ctx.journal.append_many_within(burst, FULL_WAIT).await {
-                Ok(_) => ctx.slot.add_frames(n),
-                Err(JournalError::Full { .. }) => Overrun {
-                    source: &cfg.name,
-                    frames: n,
-                }
-                .emit(&ctx.slot, limit),
-                Err(e) => return Ended::Journal(e.to_string()),
+            let appended = ctx.journal.append_many_within(burst, FULL_WAIT).await;
+            if let Err(e) = count_append(appended, n, &cfg.name, &ctx.slot, limit) {
+                return Ended::Journal(e.to_string());
             }
         }
         if let Some(e) = lost {

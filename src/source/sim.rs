@@ -6,8 +6,7 @@
 //! follows speed through a gear ratio, the coolant warms up, the battery charges.
 
 use crate::frame::Frame;
-use crate::journal::JournalError;
-use crate::source::events::{LogLimit, Overrun};
+use crate::source::events::{count_append, LogLimit};
 use crate::source::SourceCtx;
 use crate::units::Positive;
 use futures_util::future::BoxFuture;
@@ -257,17 +256,13 @@ async fn run(cfg: SimConfig, ctx: SourceCtx) {
             }
         }
         let sample = vehicle.step(interval.as_secs_f64());
-        match journal.append_many(frames(&gateway, &cfg, &sample).into()) {
-            Ok(_) => {
-                slot.add_frames(2);
+        let appended = journal.append_many(frames(&gateway, &cfg, &sample).into());
+        match count_append(appended, 2, &cfg.name, &slot, &mut limit) {
+            Ok(true) => {
                 slot.add_produced("gps", 1);
                 slot.add_produced("obd", 1);
             }
-            Err(JournalError::Full { .. }) => Overrun {
-                source: &cfg.name,
-                frames: 2,
-            }
-            .emit(&slot, &mut limit),
+            Ok(false) => {}
             Err(e) => {
                 slot.set_state("stopped", Some(e.to_string()));
                 tracing::error!(source = %cfg.name, error = %e, "simulator cannot journal; stopping");

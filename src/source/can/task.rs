@@ -14,8 +14,7 @@ use super::config::CanConfig;
 use super::ingest::Ingest;
 use super::transport::{Event, Link};
 use crate::frame::{now_ms, Frame};
-use crate::journal::JournalError;
-use crate::source::events::{InvalidFrame, LogLimit, Overrun};
+use crate::source::events::{count_append, InvalidFrame, LogLimit};
 use crate::source::port::{Backoff, Outage};
 use crate::source::SourceCtx;
 use futures_util::FutureExt;
@@ -175,15 +174,10 @@ async fn read_bus(
         report(cfg, ctx, ingest, limit);
         if !batch.is_empty() {
             let n = batch.len() as u64;
-            match ctx.journal.append_many(std::mem::take(&mut batch)) {
-                Ok(_) => ctx.slot.add_frames(n),
-                // A bus cannot be paused: what the stalled disk cannot take is counted.
-                Err(JournalError::Full { .. }) => Overrun {
-                    source: &cfg.name,
-                    frames: n,
-                }
-                .emit(&ctx.slot, limit),
-                Err(e) => return Ended::Journal(e.to_string()),
+            // A bus cannot be paused: what the stalled disk cannot take is counted.
+            let appended = ctx.journal.append_many(std::mem::take(&mut batch));
+            if let Err(e) = count_append(appended, n, &cfg.name, &ctx.slot, limit) {
+                return Ended::Journal(e.to_string());
             }
         }
         match end {
